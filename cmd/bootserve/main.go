@@ -1,0 +1,244 @@
+// Command bootserve network-boots machines: ProxyDHCP beside the LAN's own
+// DHCP server, TFTP for the iPXE binaries, and HTTP for per-machine iPXE
+// scripts, kernels, initrds and Nix closures. This package only parses the
+// command line and wires the other packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/bootserve/bootserve/configs"
+	"github.com/bootserve/bootserve/firmware"
+	"github.com/bootserve/bootserve/machines"
+)
+
+const usage = `bootserve network-boots machines on a LAN that already has a DHCP server.
+
+Usage:
+  bootserve boot KERNEL [INITRD...] [--cmdline "..."] [flags]
+      boot every PXE client into KERNEL and INITRDs (local paths or http(s) URLs)
+  bootserve serve --config FILE [flags]
+      serve what FILE (TOML) says each machine boots
+  bootserve check --config FILE
+      check FILE and print what each machine would boot
+
+Common flags:
+  --interface NAME     interface for ProxyDHCP (default: the default route's)
+  --listen-addr IP     address to advertise and bind HTTP to (default: the interface's)
+  --port N             HTTP port (default 80)
+  --debug, -d          debug logging
+  --log-format F       text or json
+
+Run "bootserve COMMAND --help" for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks errors already explained by a usage message.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "boot":
+		err = cmdBoot(ctx, args[1:], stderr)
+	case "serve":
+		err = cmdServe(ctx, args[1:], stderr)
+	case "check":
+		err = cmdCheck(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "bootserve: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bootserve: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// commonFlags are shared by the serving commands.
+type commonFlags struct {
+	iface      string
+	listenAddr string
+	port       int
+	debug      bool
+	logFormat  string
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.iface, "interface", "", "interface to answer ProxyDHCP on (default: the default route's)")
+	fs.StringVar(&c.listenAddr, "listen-addr", "", "IPv4 address to advertise and to bind HTTP to (default: the interface's address)")
+	fs.IntVar(&c.port, "port", 0, "HTTP port (default 80)")
+	fs.BoolVar(&c.debug, "debug", false, "log debug messages")
+	fs.BoolVar(&c.debug, "d", false, "short for --debug")
+	fs.StringVar(&c.logFormat, "log-format", "", "log format: text or json")
+}
+
+// parseInterspersed parses flags placed anywhere among the positional
+// arguments, as pixiecore users type them ("boot vmlinuz initrd --cmdline x").
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if rest[0] == "--" {
+			return append(pos, rest[1:]...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+func newFlagSet(name string, stderr io.Writer, help string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, help)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func newLogger(w io.Writer, format string, level slog.Level) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+func cmdBoot(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("boot", stderr, "Usage: bootserve boot KERNEL [INITRD...] [flags]\n\nBoot every PXE client into KERNEL with INITRDs (local paths or http(s) URLs).\n\n")
+	var cf commonFlags
+	cf.register(fs)
+	cmdline := fs.String("cmdline", "", "kernel command line (a text/template: {{.MAC}}, {{.IP}}, {{.URL}}...)")
+	bootmsg := fs.String("bootmsg", "", "message iPXE prints before booting")
+	var fw firmware.Config
+	fs.StringVar(&fw.BIOS, "ipxe-bios", "", "iPXE build for BIOS clients (default: undionly.kpxe)")
+	fs.StringVar(&fw.EFIX64, "ipxe-efi64", "", "iPXE build for x86-64 UEFI clients: snponly.efi (default), ipxe.efi or a path")
+	fs.StringVar(&fw.EFIIA32, "ipxe-efi32", "", "iPXE build (path) for 32-bit UEFI clients")
+	fs.StringVar(&fw.EFIARM64, "ipxe-arm64", "", "iPXE build (path) for arm64 UEFI clients")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) < 1 {
+		fs.Usage()
+		return errUsage
+	}
+	t := machines.Target{Kind: machines.KindKernel, Name: "boot", Kernel: absIfLocal(pos[0]), Cmdline: *cmdline, Message: *bootmsg}
+	for _, p := range pos[1:] {
+		t.Initrds = append(t.Initrds, absIfLocal(p))
+	}
+	for _, p := range append([]string{t.Kernel}, t.Initrds...) {
+		if err := checkReadable(p); err != nil {
+			return err
+		}
+	}
+	s := settings{Firmware: fw, Booter: machines.Static{T: t}}
+	if err := s.apply(cf); err != nil {
+		return err
+	}
+	return serve(ctx, s, stderr)
+}
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr, "Usage: bootserve serve --config FILE [flags]\n\n")
+	var cf commonFlags
+	cf.register(fs)
+	path := fs.String("config", "", "TOML config file")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if *path == "" || len(pos) > 0 {
+		fs.Usage()
+		return errUsage
+	}
+	c, err := configs.Load(*path)
+	if err != nil {
+		return err
+	}
+	s := settingsFromConfig(c)
+	if err := s.apply(cf); err != nil {
+		return err
+	}
+	return serve(ctx, s, stderr)
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("check", stderr, "Usage: bootserve check --config FILE\n\n")
+	path := fs.String("config", "", "TOML config file")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		fs.Usage()
+		return errUsage
+	}
+	c, err := configs.Load(*path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", *path)
+	for _, r := range c.Rules.Rules {
+		var macs []string
+		for _, m := range r.MACs {
+			macs = append(macs, m.String())
+		}
+		fmt.Fprintf(stdout, "  %s (%s): %s\n", r.Name, strings.Join(macs, ", "), describe(&r.Target))
+	}
+	if c.Rules.Default != nil {
+		fmt.Fprintf(stdout, "  every other machine: %s\n", describe(c.Rules.Default))
+	} else {
+		fmt.Fprintf(stdout, "  every other machine: ignored\n")
+	}
+	return nil
+}
+
+func describe(t *machines.Target) string {
+	switch t.Kind {
+	case machines.KindKernel:
+		s := "kernel " + t.Kernel
+		if len(t.Initrds) > 0 {
+			s += ", initrds " + strings.Join(t.Initrds, " ")
+		}
+		if t.Cmdline != "" {
+			s += fmt.Sprintf(", cmdline %q", t.Cmdline)
+		}
+		return s
+	}
+	return t.Kind.String()
+}

@@ -1,0 +1,354 @@
+package dhcpproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/bootserve/bootserve/firmware"
+	"github.com/bootserve/bootserve/machines"
+)
+
+// Policy is the part of the server's setup that a config reload replaces.
+type Policy struct {
+	Booter   machines.Booter
+	Firmware *firmware.Set
+	URLs     URLs
+}
+
+// Event reports one request and what was done with it, for the status page.
+type Event struct {
+	Time     time.Time
+	MAC      net.HardwareAddr
+	Arch     firmware.Arch
+	ArchName string
+	IP       netip.Addr
+	UUID     string
+	Hostname string
+	// UserClass is "iPXE" for iPXE clients, else empty.
+	UserClass   string
+	VendorClass string
+	Port        int
+	MsgType     string
+	Outcome     Outcome
+	BootFile    string
+	Reason      string
+	Target      string
+}
+
+// Metrics counts packets by message type and outcome.
+type Metrics struct {
+	Packets *prometheus.CounterVec
+}
+
+// NewMetrics makes the responder's metrics and registers them with reg
+// (which may be nil, for tests).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{Packets: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bootserve_dhcp_packets_total",
+		Help: "DHCP packets received on ports 67 and 4011, by message type and outcome.",
+	}, []string{"type", "outcome"})}
+	if reg != nil {
+		reg.MustRegister(m.Packets)
+	}
+	return m
+}
+
+// Server is the ProxyDHCP responder. Set the exported fields, call Listen
+// (which needs the privilege to bind ports 67 and 4011), then Serve.
+type Server struct {
+	// Interface to serve on; empty chooses one (see ChooseInterface).
+	Interface string
+	// Address is the server address put in replies; invalid means the
+	// interface's IPv4 address.
+	Address netip.Addr
+	Logger  *slog.Logger
+	Metrics *Metrics
+	// OnEvent, if set, is called for every request that reached a decision.
+	OnEvent func(Event)
+	// MaxInFlight bounds requests being decided at once (a Booter may wait
+	// on an API server); more are dropped and counted. Default 64.
+	MaxInFlight int
+	// RepeatInterval and RepeatBurst bound how often the same request from
+	// one MAC is answered, so a flood cannot make us an amplifier.
+	// Defaults: 3 answers, then one per 500ms.
+	RepeatInterval time.Duration
+	RepeatBurst    int
+
+	policy  atomic.Pointer[Policy]
+	ifi     *net.Interface
+	conns   map[int]*ipv4.PacketConn
+	sem     chan struct{}
+	limiter *limiter
+	logOnce *onceSet
+	wg      sync.WaitGroup
+}
+
+// SetPolicy installs what the server answers with; safe at any time.
+func (s *Server) SetPolicy(p *Policy) { s.policy.Store(p) }
+
+// Listen chooses the interface and binds UDP 67 and 4011 on it.
+func (s *Server) Listen(ctx context.Context) error {
+	ifi, err := ChooseInterface(s.Interface)
+	if err != nil {
+		return err
+	}
+	if !s.Address.IsValid() {
+		a, err := InterfaceIPv4(ifi)
+		if err != nil {
+			return fmt.Errorf("%w: set address in the config or --listen-addr", err)
+		}
+		s.Address = a
+	}
+	s.ifi = ifi
+	s.conns = map[int]*ipv4.PacketConn{}
+	for _, port := range []int{PortDHCP, PortPXE} {
+		c, err := listenUDP(ctx, ifi.Name, port)
+		if err != nil {
+			s.Close()
+			return err
+		}
+		pc := ipv4.NewPacketConn(c)
+		if err := pc.SetControlMessage(ipv4.FlagInterface|ipv4.FlagDst, true); err != nil {
+			c.Close()
+			s.Close()
+			return fmt.Errorf("udp port %d: ask for packet info: %w", port, err)
+		}
+		s.conns[port] = pc
+	}
+	return nil
+}
+
+// listenUDP binds 0.0.0.0:port to one interface. Binding a specific address
+// would miss broadcasts; address and port reuse let a DHCP server on the same
+// host keep its own socket on 67.
+func listenUDP(ctx context.Context, ifname string, port int) (net.PacketConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = errors.Join(
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1),
+				unix.BindToDevice(int(fd), ifname),
+			)
+		})
+		return errors.Join(err, serr)
+	}}
+	c, err := lc.ListenPacket(ctx, "udp4", fmt.Sprintf("0.0.0.0:%d", port))
+	if err != nil {
+		return nil, fmt.Errorf("listen on udp port %d of %s: %w (ProxyDHCP needs root or CAP_NET_BIND_SERVICE and CAP_NET_RAW)", port, ifname, err)
+	}
+	return c, nil
+}
+
+// InterfaceName is the interface Listen chose.
+func (s *Server) InterfaceName() string {
+	if s.ifi == nil {
+		return ""
+	}
+	return s.ifi.Name
+}
+
+// Close releases the sockets.
+func (s *Server) Close() {
+	for _, c := range s.conns {
+		c.Close()
+	}
+}
+
+// Serve answers requests until ctx is cancelled.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.conns == nil {
+		return errors.New("dhcpproxy: Serve before Listen")
+	}
+	if s.Logger == nil {
+		s.Logger = slog.New(slog.DiscardHandler)
+	}
+	if s.Metrics == nil {
+		s.Metrics = NewMetrics(nil)
+	}
+	n := s.MaxInFlight
+	if n <= 0 {
+		n = 64
+	}
+	s.sem = make(chan struct{}, n)
+	interval, burst := s.RepeatInterval, s.RepeatBurst
+	if interval <= 0 {
+		interval = 500 * time.Millisecond
+	}
+	if burst <= 0 {
+		burst = 3
+	}
+	s.limiter = newLimiter(interval, burst, 4096)
+	s.logOnce = newOnceSet(4096)
+	s.Logger.Info("proxydhcp listening", "interface", s.InterfaceName(), "address", s.Address, "ports", []int{PortDHCP, PortPXE})
+
+	errc := make(chan error, len(s.conns))
+	for port, c := range s.conns {
+		go func() { errc <- s.readLoop(ctx, port, c) }()
+	}
+	<-ctx.Done()
+	s.Close()
+	var err error
+	for range s.conns {
+		if e := <-errc; e != nil && !errors.Is(e, net.ErrClosed) {
+			err = errors.Join(err, e)
+		}
+	}
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) readLoop(ctx context.Context, port int, c *ipv4.PacketConn) error {
+	buf := make([]byte, 1500)
+	for {
+		n, cm, src, err := c.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("read udp port %d: %w", port, err)
+		}
+		req, err := dhcpv4.FromBytes(buf[:n])
+		if err != nil {
+			s.Metrics.Packets.WithLabelValues("unknown", string(Malformed)).Inc()
+			s.Logger.Debug("malformed dhcp packet dropped", "port", port, "from", src, "len", n, "err", err)
+			continue
+		}
+		if cm != nil && s.ifi != nil && cm.IfIndex != 0 && cm.IfIndex != s.ifi.Index {
+			// SO_BINDTODEVICE should make this impossible; be explicit.
+			continue
+		}
+		udpSrc, _ := src.(*net.UDPAddr)
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			s.Metrics.Packets.WithLabelValues(msgTypeLabel(req), string(DroppedBusy)).Inc()
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer func() { <-s.sem; s.wg.Done() }()
+			s.handle(ctx, port, c, req, udpSrc)
+		}()
+	}
+}
+
+func msgTypeLabel(p *dhcpv4.DHCPv4) string {
+	switch p.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		return "discover"
+	case dhcpv4.MessageTypeRequest:
+		return "request"
+	case dhcpv4.MessageTypeInform:
+		return "inform"
+	case dhcpv4.MessageTypeRelease:
+		return "release"
+	case dhcpv4.MessageTypeDecline:
+		return "decline"
+	case dhcpv4.MessageTypeNone:
+		return "bootp"
+	}
+	return "other"
+}
+
+func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *dhcpv4.DHCPv4, src *net.UDPAddr) {
+	typ := msgTypeLabel(req)
+	count := func(o Outcome) { s.Metrics.Packets.WithLabelValues(typ, string(o)).Inc() }
+	serverIP := net.IP(s.Address.AsSlice())
+	client, outcome := Parse(req, port, serverIP)
+	if client == nil {
+		count(outcome)
+		if outcome == IgnoredNotPXE {
+			s.Logger.Debug("not a network boot request", "mac", req.ClientHWAddr.String(), "type", typ, "port", port, "vendor_class", req.ClassIdentifier())
+		}
+		return
+	}
+	ev := Event{
+		Time: time.Now(), MAC: client.MAC, ArchName: ArchName(client.ArchCode), IP: client.IP,
+		UUID: client.UUID, Hostname: client.Hostname, VendorClass: client.VendorClass,
+		Port: port, MsgType: typ,
+	}
+	if client.IPXE {
+		ev.UserClass = "iPXE"
+	}
+	emit := func(o Outcome) {
+		count(o)
+		ev.Outcome = o
+		if s.OnEvent != nil {
+			s.OnEvent(ev)
+		}
+	}
+	pol := s.policy.Load()
+	if pol == nil {
+		emit(IgnoredNoTarget)
+		return
+	}
+	arch, _, _ := archFor(client.ArchCode)
+	ev.Arch = arch
+	if !s.limiter.allow(limitKey(client), time.Now()) {
+		count(IgnoredRateLimit)
+		return
+	}
+	tgt, err := pol.Booter.Target(ctx, client.Identity(arch))
+	if err != nil {
+		ev.Reason = err.Error()
+		if s.logOnce.first("target " + client.MAC.String()) {
+			s.Logger.Info("ignoring network boot request: no boot target for this machine (logged once per MAC)",
+				"mac", client.MAC.String(), "arch", ev.ArchName, "uuid", client.UUID, "reason", err)
+		}
+		emit(IgnoredNoTarget)
+		return
+	}
+	ev.Target = tgt.Name
+	offer, outcome := Decide(client, Env{ServerIP: s.Address, Firmware: pol.Firmware, URLs: pol.URLs})
+	ev.BootFile, ev.Reason = offer.BootFile, offer.Reason
+	if outcome != Answered {
+		if s.logOnce.first("arch " + client.MAC.String() + " " + ev.ArchName) {
+			s.Logger.Warn("ignoring network boot request: no boot program for its architecture",
+				"mac", client.MAC.String(), "arch", ev.ArchName, "reason", offer.Reason)
+		}
+		emit(outcome)
+		return
+	}
+	reply, err := BuildReply(req, client, offer, serverIP)
+	if err != nil {
+		s.Logger.Error("build proxydhcp reply", "mac", client.MAC.String(), "err", err)
+		emit(SendFailed)
+		return
+	}
+	dst := Destination(req, client, src)
+	var cm *ipv4.ControlMessage
+	if s.ifi != nil {
+		cm = &ipv4.ControlMessage{IfIndex: s.ifi.Index}
+	}
+	if _, err := c.WriteTo(reply.ToBytes(), cm, dst); err != nil {
+		s.Logger.Warn("send proxydhcp reply", "mac", client.MAC.String(), "to", dst, "err", err)
+		emit(SendFailed)
+		return
+	}
+	s.Logger.Info("proxydhcp "+reply.MessageType().String(), "mac", client.MAC.String(), "arch", ev.ArchName,
+		"ipxe", client.IPXE, "port", port, "boot_file", offer.BootFile, "to", dst, "target", tgt.Name)
+	emit(Answered)
+}
+
+func limitKey(c *Client) string {
+	return fmt.Sprintf("%s/%d/%d", c.MAC, c.MsgType, c.Port)
+}

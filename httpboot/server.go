@@ -1,0 +1,461 @@
+// Package httpboot is bootserve's HTTP side: the per-machine iPXE scripts,
+// the boot programs for UEFI HTTP Boot, and the kernels and initrds the
+// scripts name, served with Content-Length, HEAD and Range, with timeouts,
+// an access log and metrics.
+package httpboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bootserve/bootserve/firmware"
+	"github.com/bootserve/bootserve/machines"
+)
+
+// Policy is the part of the server's setup that a config reload replaces.
+type Policy struct {
+	Booter   machines.Booter
+	Firmware *firmware.Set
+}
+
+// Stage names what a request was for, on the status page and in metrics.
+type Stage string
+
+// Stages of a boot as seen over HTTP.
+const (
+	StageScript   Stage = "script"
+	StageFirmware Stage = "firmware"
+	StageKernel   Stage = "kernel"
+	StageInitrd   Stage = "initrd"
+	StageFile     Stage = "file"
+)
+
+// Event reports the start, progress and end of a request for the status
+// page. MAC is set when the URL says which machine it is for.
+type Event struct {
+	Time   time.Time
+	Stage  Stage
+	Phase  string // "start", "progress", "done"
+	MAC    string
+	IP     netip.Addr
+	Name   string
+	Target string
+	Bytes  int64 // sent so far
+	Size   int64 // total, when known
+	Status int
+	Err    string
+}
+
+// Metrics counts requests and bytes by route.
+type Metrics struct {
+	Requests *prometheus.CounterVec
+	Bytes    *prometheus.CounterVec
+}
+
+// NewMetrics makes the HTTP metrics and registers them with reg (which may
+// be nil, for tests).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bootserve_http_requests_total",
+			Help: "HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bootserve_http_response_bytes_total",
+			Help: "HTTP response body bytes sent, by route.",
+		}, []string{"route"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Requests, m.Bytes)
+	}
+	return m
+}
+
+// Options configures a Server.
+type Options struct {
+	// Port is the TCP port clients reach the server on, used in the URLs
+	// put in DHCP replies (0 means 80).
+	Port    int
+	Logger  *slog.Logger
+	Metrics *Metrics
+	OnEvent func(Event)
+	// IdleTimeout cuts off a client that reads nothing for this long
+	// (default 60s); ReadHeaderTimeout bounds a slow request (default 10s).
+	IdleTimeout       time.Duration
+	ReadHeaderTimeout time.Duration
+	// HTTPClient fetches remote files named by signed URLs.
+	HTTPClient *http.Client
+}
+
+// Server serves boot scripts and files.
+type Server struct {
+	opts   Options
+	log    *slog.Logger
+	m      *Metrics
+	signer *signer
+	policy atomic.Pointer[Policy]
+	mux    *http.ServeMux
+}
+
+// New makes a server. Call SetPolicy before serving.
+func New(opts Options) (*Server, error) {
+	sg, err := newSigner()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Port == 0 {
+		opts.Port = 80
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = 60 * time.Second
+	}
+	if opts.ReadHeaderTimeout == 0 {
+		opts.ReadHeaderTimeout = 10 * time.Second
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{Timeout: 0, Transport: &http.Transport{
+			ResponseHeaderTimeout: 30 * time.Second,
+			IdleConnTimeout:       90 * time.Second,
+		}}
+	}
+	s := &Server{opts: opts, log: opts.Logger, m: opts.Metrics, signer: sg, mux: http.NewServeMux()}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.m == nil {
+		s.m = NewMetrics(nil)
+	}
+	s.mux.HandleFunc("GET /ipxe", s.handleScript)
+	s.mux.HandleFunc("GET /firmware/{name...}", s.handleFirmware)
+	s.mux.HandleFunc("GET /f/{token}/{name}", s.handleFile)
+	return s, nil
+}
+
+// Handle adds a route (other packages' pages: status, metrics, Nix).
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// SetPolicy installs what the server answers with; safe at any time.
+func (s *Server) SetPolicy(p *Policy) { s.policy.Store(p) }
+
+func (s *Server) hostPort(host string) string {
+	if s.opts.Port == 80 {
+		return host
+	}
+	return net.JoinHostPort(host, strconv.Itoa(s.opts.Port))
+}
+
+// ScriptURL is the URL of a machine's iPXE script, for DHCP replies to iPXE
+// clients. The identity is carried in the query so the script can be made
+// without any server-side state.
+func (s *Server) ScriptURL(host netip.Addr, id machines.Identity) string {
+	q := url.Values{}
+	if id.MAC != nil {
+		q.Set("mac", id.MAC.String())
+	}
+	if id.Arch != firmware.ArchUnknown {
+		q.Set("arch", id.Arch.String())
+	}
+	if id.UUID != "" {
+		q.Set("uuid", id.UUID)
+	}
+	// Keep ':' readable in MACs; iPXE sends the URL as is.
+	return "http://" + s.hostPort(host.String()) + "/ipxe?" + strings.ReplaceAll(q.Encode(), "%3A", ":")
+}
+
+// FirmwareURL is the URL of a boot program, for UEFI HTTP Boot clients.
+func (s *Server) FirmwareURL(host netip.Addr, name string) string {
+	return "http://" + s.hostPort(host.String()) + "/firmware/" + name
+}
+
+// Serve serves HTTP on ln until ctx is cancelled, then shuts down,
+// giving in-flight transfers a few seconds.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
+		ReadTimeout:       s.opts.ReadHeaderTimeout + 20*time.Second,
+		IdleTimeout:       2 * s.opts.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// routeKey is the context key under which handlers name their route.
+type routeKey struct{}
+
+type routeInfo struct{ name string }
+
+func setRoute(r *http.Request, name string) {
+	if ri, ok := r.Context().Value(routeKey{}).(*routeInfo); ok {
+		ri.name = name
+	}
+}
+
+// ServeHTTP logs and counts every request, then routes it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	tw := newTrackingWriter(w, s.opts.IdleTimeout)
+	ri := &routeInfo{name: "other"}
+	r = r.WithContext(context.WithValue(r.Context(), routeKey{}, ri))
+	s.mux.ServeHTTP(tw, r)
+	code := tw.status
+	if code == 0 {
+		code = http.StatusOK
+	}
+	s.m.Requests.WithLabelValues(ri.name, strconv.Itoa(code)).Inc()
+	s.m.Bytes.WithLabelValues(ri.name).Add(float64(tw.bytes))
+	lvl := slog.LevelInfo
+	if code >= 400 {
+		lvl = slog.LevelWarn
+	}
+	s.log.Log(r.Context(), lvl, "http", "method", r.Method, "path", logPath(r.URL), "status", code,
+		"bytes", tw.bytes, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr, "route", ri.name)
+}
+
+// logPath shortens file tokens, which are long and secret-ish, in logs.
+func logPath(u *url.URL) string {
+	p := u.Path
+	if rest, ok := strings.CutPrefix(p, "/f/"); ok {
+		if i := strings.IndexByte(rest, '/'); i > 12 {
+			p = "/f/" + rest[:12] + "…" + rest[i:]
+		}
+	}
+	if u.RawQuery != "" {
+		p += "?" + u.RawQuery
+	}
+	return p
+}
+
+// base is the URL prefix the client used to reach us, so URLs in scripts
+// work whatever address or name the client connected to.
+func base(r *http.Request) string {
+	return "http://" + r.Host
+}
+
+func remoteAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// identity reads the machine identity a script URL carries.
+func identity(r *http.Request) (machines.Identity, error) {
+	q := r.URL.Query()
+	id := machines.Identity{IP: remoteAddr(r)}
+	mac, err := machines.ParseMAC(q.Get("mac"))
+	if err != nil {
+		return id, fmt.Errorf("mac: %w", err)
+	}
+	id.MAC = mac
+	if a := q.Get("arch"); a != "" {
+		if id.Arch, err = firmware.ParseArch(a); err != nil {
+			return id, fmt.Errorf("arch: %w", err)
+		}
+	}
+	if u := q.Get("uuid"); u != "" {
+		if id.UUID, err = machines.ParseUUID(u); err != nil {
+			return id, fmt.Errorf("uuid: %w", err)
+		}
+	}
+	return id, nil
+}
+
+func (s *Server) emit(e Event) {
+	if s.opts.OnEvent != nil {
+		e.Time = time.Now()
+		s.opts.OnEvent(e)
+	}
+}
+
+func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
+	setRoute(r, "script")
+	id, err := identity(r)
+	if err != nil {
+		http.Error(w, "bad script request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	pol := s.policy.Load()
+	if pol == nil {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+		return
+	}
+	self := base(r) + r.URL.RequestURI()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	t, err := pol.Booter.Target(r.Context(), id)
+	if err != nil {
+		if errors.Is(err, machines.ErrNoTarget) {
+			s.log.Info("no boot target for machine", "mac", id.MAC.String(), "arch", id.Arch, "uuid", id.UUID)
+			http.Error(w, "no boot target for "+id.MAC.String(), http.StatusNotFound)
+			return
+		}
+		s.log.Warn("choose boot target", "mac", id.MAC.String(), "err", err)
+		w.Write(errorScript("cannot choose a boot target: "+err.Error(), self))
+		return
+	}
+	script, err := s.machineScript(base(r), self, id, t)
+	if err != nil {
+		s.log.Warn("make boot script", "mac", id.MAC.String(), "target", t.Name, "err", err)
+		script = errorScript(err.Error(), self)
+	}
+	s.emit(Event{Stage: StageScript, Phase: "done", MAC: id.MAC.String(), IP: id.IP, Name: "script", Target: t.Name, Status: http.StatusOK})
+	w.Write(script)
+}
+
+func (s *Server) handleFirmware(w http.ResponseWriter, r *http.Request) {
+	setRoute(r, "firmware")
+	pol := s.policy.Load()
+	if pol == nil {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+		return
+	}
+	b, ok := pol.Firmware.Lookup(r.PathValue("name"))
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	s.emit(Event{Stage: StageFirmware, Phase: "start", IP: remoteAddr(r), Name: b.Name, Size: int64(len(b.Data))})
+	http.ServeContent(w, r, b.Name, time.Time{}, b.Reader())
+	s.emit(Event{Stage: StageFirmware, Phase: "done", IP: remoteAddr(r), Name: b.Name, Size: int64(len(b.Data)), Bytes: int64(len(b.Data)), Status: http.StatusOK})
+}
+
+// stageOf guesses what a file is for from its name, for the status page.
+func stageOf(name string) Stage {
+	n := strings.ToLower(name)
+	switch {
+	case strings.Contains(n, "initrd") || strings.Contains(n, "initramfs") || strings.HasSuffix(n, ".cpio") || strings.HasSuffix(n, ".gz") || strings.HasSuffix(n, ".zst"):
+		return StageInitrd
+	case strings.Contains(n, "vmlinuz") || strings.Contains(n, "bzimage") || strings.Contains(n, "kernel") || strings.Contains(n, "linux"):
+		return StageKernel
+	}
+	return StageFile
+}
+
+func (s *Server) handleFile(w http.ResponseWriter, r *http.Request) {
+	setRoute(r, "file")
+	ref, err := s.signer.verify(r.PathValue("token"))
+	if err != nil {
+		s.log.Warn("refused file request with a bad token", "remote", r.RemoteAddr, "path", logPath(r.URL))
+		http.Error(w, "forbidden: this URL was not issued by this bootserve (or it restarted since)", http.StatusForbidden)
+		return
+	}
+	name := r.PathValue("name")
+	ev := Event{Stage: stageOf(name), MAC: ref.MAC, IP: remoteAddr(r), Name: name}
+	if strings.HasPrefix(ref.Src, "http://") || strings.HasPrefix(ref.Src, "https://") {
+		s.serveRemote(w, r, ref.Src, ev)
+		return
+	}
+	f, err := os.Open(ref.Src)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, fs.ErrNotExist) {
+			code = http.StatusNotFound
+		}
+		s.log.Warn("open boot file", "path", ref.Src, "err", err)
+		http.Error(w, http.StatusText(code), code)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		s.log.Warn("boot file is not a regular file", "path", ref.Src, "err", err)
+		http.Error(w, "not a regular file", http.StatusNotFound)
+		return
+	}
+	s.serveTracked(w, r, fileBody{f: f, size: st.Size()}, ev, fmt.Sprintf(`"%x-%x"`, st.Size(), st.ModTime().UnixNano()), st.ModTime())
+}
+
+// serveTracked serves a body and reports start, progress and end.
+func (s *Server) serveTracked(w http.ResponseWriter, r *http.Request, b body, ev Event, etag string, mod time.Time) {
+	ev.Size = b.Size()
+	ev.Phase = "start"
+	s.emit(ev)
+	if tw, ok := w.(*trackingWriter); ok && s.opts.OnEvent != nil {
+		tw.progress = func(sent int64) {
+			e := ev
+			e.Phase, e.Bytes = "progress", sent
+			s.emit(e)
+		}
+	}
+	err := serveBody(w, r, b, "application/octet-stream", etag, mod)
+	ev.Phase = "done"
+	if tw, ok := w.(*trackingWriter); ok {
+		ev.Bytes, ev.Status = tw.bytes, tw.status
+	}
+	if err != nil {
+		ev.Err = err.Error()
+		s.log.Info("transfer ended early", "name", ev.Name, "remote", r.RemoteAddr, "sent", ev.Bytes, "size", ev.Size, "err", err)
+	}
+	s.emit(ev)
+}
+
+// serveRemote streams a remote file that a signed URL named. Range is
+// passed through so resumable downloads keep working.
+func (s *Server) serveRemote(w http.ResponseWriter, r *http.Request, src string, ev Event) {
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, src, nil)
+	if err != nil {
+		http.Error(w, "bad upstream URL", http.StatusBadGateway)
+		return
+	}
+	for _, h := range []string{"Range", "If-Range"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	resp, err := s.opts.HTTPClient.Do(req)
+	if err != nil {
+		s.log.Warn("fetch remote boot file", "url", src, "err", err)
+		http.Error(w, "upstream fetch failed", http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	for _, h := range []string{"Content-Length", "Content-Range", "Accept-Ranges", "Last-Modified", "ETag"} {
+		if v := resp.Header.Get(h); v != "" {
+			w.Header().Set(h, v)
+		}
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	ev.Size = resp.ContentLength
+	ev.Phase = "start"
+	s.emit(ev)
+	w.WriteHeader(resp.StatusCode)
+	n, err := io.Copy(w, resp.Body)
+	ev.Phase, ev.Bytes, ev.Status = "done", n, resp.StatusCode
+	if err != nil {
+		ev.Err = err.Error()
+	}
+	s.emit(ev)
+}
