@@ -1,0 +1,13 @@
+#!/bin/bash
+# fuzz.sh DURATION — run every Go fuzz target in the module for DURATION each.
+set -euo pipefail
+t=${1:-10s}
+status=0
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
+    echo "== $pkg $target ($t)"
+    go test -run '^$' -fuzz "^${target}\$" -fuzztime "$t" "$pkg" || status=1
+  done
+done
+exit $status

@@ -1,0 +1,403 @@
+// Package tftpd is bootserve's read-only TFTP server: it answers read requests
+// from a Source (the firmware set, a directory, files generated per client),
+// refuses writes, and reports every request to the log, Prometheus metrics and
+// an optional callback.
+//
+// The protocol itself is github.com/pin/tftp/v3 (engine.go, which also lists
+// what that library does not let us do); this file holds the policy: names,
+// limits, outcomes, shutdown.
+package tftpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"syscall"
+	"time"
+)
+
+// Defaults for the zero values in Config.
+const (
+	DefaultMaxTransfers  = 256
+	DefaultTimeout       = time.Second
+	DefaultRetries       = 5
+	DefaultShutdownGrace = 5 * time.Second
+)
+
+// Config configures a Server. Only Source is required.
+type Config struct {
+	Source Source
+	// Logger receives one line per request (info for completed transfers and
+	// missing files, warn for failures and refusals, debug for size probes and
+	// malformed packets). Nil discards.
+	Logger *slog.Logger
+	// Metrics may be nil.
+	Metrics *Metrics
+	// OnTransfer, if set, is called when a transfer starts sending (Done
+	// false) and once when every read request ends (Done true), including
+	// requests that were refused or not found and so never started. It runs
+	// on the transfer's goroutine, concurrently with other transfers: it must
+	// be safe for concurrent use, quick, and must not block.
+	OnTransfer func(Transfer)
+	// MaxTransfers bounds concurrent read transfers; requests over the bound
+	// are answered "server busy" at once. Default DefaultMaxTransfers.
+	MaxTransfers int
+	// Timeout is how long to wait for an ACK before retransmitting; Retries
+	// is how many retransmissions of one packet are made before the transfer
+	// is given up, so a client that stops answering holds its slot for at most
+	// Timeout×(Retries+1). Defaults DefaultTimeout and DefaultRetries.
+	Timeout time.Duration
+	Retries int
+	// ShutdownGrace is how long Serve lets running transfers finish after its
+	// context is cancelled before aborting them. Default DefaultShutdownGrace.
+	ShutdownGrace time.Duration
+}
+
+// Outcome classifies how a read request ended; the values are also the
+// "outcome" label of bootserve_tftp_transfers_total.
+type Outcome string
+
+const (
+	OutcomeOK     Outcome = "ok"
+	OutcomeFailed Outcome = "failed"
+	// OutcomeAbortedProbe: the client ended the transfer after the option
+	// acknowledgement, before taking any data. EDK2 does this on purpose to
+	// learn a file's size (tsize) before the real read; it is not a failure.
+	OutcomeAbortedProbe Outcome = "aborted_probe"
+	OutcomeNotFound     Outcome = "not_found"
+	// OutcomeRefused: a bad file name, a write request, or the server was busy.
+	OutcomeRefused Outcome = "refused"
+)
+
+// Transfer describes one request, for Config.OnTransfer.
+type Transfer struct {
+	Client netip.AddrPort
+	// Local is the server address the request was sent to (invalid if the
+	// request came to a broadcast address).
+	Local netip.Addr
+	// File is the canonical name (see Source), or the name as sent when it
+	// was refused.
+	File string
+	// Write is true for a (refused) write request.
+	Write bool
+	// Size is the file's size, -1 if it was not opened.
+	Size int64
+	// Bytes is how many bytes of the file were sent (0 in the start event).
+	Bytes int64
+	// BlockSize is the negotiated block size, 0 if unknown.
+	BlockSize int
+	Start     time.Time
+	Duration  time.Duration
+	// Done is false in the start event and true in the end event.
+	Done    bool
+	Outcome Outcome // set when Done
+	Err     error   // why, for any Outcome but OutcomeOK
+}
+
+// Server is a read-only TFTP server. Create it with New.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	slots chan struct{} // one token per running transfer
+}
+
+// New checks cfg, fills in defaults and returns a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("tftpd: Config.Source is nil: give the server files to serve (e.g. tftpd.Dir or tftpd.Map)")
+	}
+	if cfg.MaxTransfers < 0 || cfg.Timeout < 0 || cfg.Retries < 0 || cfg.ShutdownGrace < 0 {
+		return nil, fmt.Errorf("tftpd: negative MaxTransfers (%d), Timeout (%s), Retries (%d) or ShutdownGrace (%s): use 0 for the default",
+			cfg.MaxTransfers, cfg.Timeout, cfg.Retries, cfg.ShutdownGrace)
+	}
+	if cfg.MaxTransfers == 0 {
+		cfg.MaxTransfers = DefaultMaxTransfers
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Retries == 0 {
+		cfg.Retries = DefaultRetries
+	}
+	if cfg.ShutdownGrace == 0 {
+		cfg.ShutdownGrace = DefaultShutdownGrace
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, log: log, slots: make(chan struct{}, cfg.MaxTransfers)}, nil
+}
+
+// ListenAndServe binds addr (e.g. "0.0.0.0:69") and calls Serve.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	conn, err := lc.ListenPacket(ctx, "udp", addr)
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("tftp: listen on %s: %w: port 69 needs root or CAP_NET_BIND_SERVICE", addr, err)
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("tftp: listen on %s: %w: stop the other TFTP server (tftpd-hpa, dnsmasq) or disable bootserve's", addr, err)
+	case err != nil:
+		return fmt.Errorf("tftp: listen on %s: %w", addr, err)
+	}
+	return s.Serve(ctx, conn)
+}
+
+// Serve answers TFTP requests arriving on conn until ctx is cancelled.
+//
+// conn must be a *net.UDPConn. Each transfer gets its own socket bound to the
+// address the request was sent to (taken from the packet's IP_PKTINFO), so
+// replies leave from the address the client talked to, which clients check;
+// requests sent to a broadcast address are answered from the kernel's choice.
+//
+// On cancellation Serve stops taking requests, lets running transfers finish
+// for up to ShutdownGrace, then aborts the rest (each notices at its next
+// block, at most Timeout×(Retries+1) later) and returns nil once all have
+// ended. Serve closes conn before it returns; do not close conn while Serve
+// runs. A Server may serve several sockets at once (e.g. IPv4 and IPv6);
+// MaxTransfers is shared among them.
+func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
+	udp, ok := conn.(*net.UDPConn)
+	if !ok {
+		conn.Close()
+		return fmt.Errorf("tftp: Serve needs a *net.UDPConn, got %T", conn)
+	}
+	// Transfers outlive ctx by up to ShutdownGrace; abortCtx ends them.
+	abortCtx, abort := context.WithCancel(context.WithoutCancel(ctx))
+	defer abort()
+	var eng engine = newPinEngine(s, abortCtx)
+	served := make(chan error, 1)
+	go func() { served <- eng.serve(udp) }()
+
+	select {
+	case err := <-served:
+		eng.shutdown()
+		udp.Close()
+		return fmt.Errorf("tftp: serve on %s: %w", udp.LocalAddr(), err)
+	case <-ctx.Done():
+	}
+
+	s.log.Debug("tftp shutting down", "addr", udp.LocalAddr().String())
+	stopped := make(chan struct{})
+	go func() {
+		// Close first: pin/tftp only closes a socket it has already
+		// recorded, and a Serve cancelled at once could otherwise leave its
+		// request loop blocked in a read forever.
+		udp.Close()
+		eng.shutdown()
+		close(stopped)
+	}()
+	grace := time.NewTimer(s.cfg.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-stopped:
+	case <-grace.C:
+		s.log.Warn("tftp shutdown grace period over: aborting running transfers", "grace", s.cfg.ShutdownGrace)
+		abort()
+		<-stopped
+	}
+	<-served
+	return nil
+}
+
+// request is a read or write request as the engine parsed it.
+type request struct {
+	client netip.AddrPort
+	local  netip.Addr // the address the request was sent to, if known
+	name   string     // as sent
+}
+
+// outgoing is the engine's half of one read transfer.
+type outgoing interface {
+	// send transmits r, answering tsize from r's Seek, and returns the file
+	// bytes sent and the block size used (0 if unknown). When it returns an
+	// error the engine has already told the client.
+	send(r io.ReadSeeker) (sent int64, blockSize int, err error)
+}
+
+// tftpError is what a client is told. code is the RFC 1350 error code the
+// case deserves; pin/tftp sends every error with code 1 (engine.go), so today
+// only msg reaches clients. Messages never carry server paths.
+type tftpError struct {
+	code uint16
+	msg  string
+}
+
+func (e *tftpError) Error() string { return e.msg }
+
+var (
+	errNotFound     = &tftpError{1, "file not found"}
+	errAccess       = &tftpError{2, "access violation"}
+	errReadOnly     = &tftpError{2, "write requests are not supported: this TFTP server is read-only"}
+	errBusy         = &tftpError{0, "server busy: too many transfers, try again later"}
+	errOpen         = &tftpError{0, "cannot open file"}
+	errRead         = &tftpError{0, "read error on server"}
+	errShortFile    = &tftpError{0, "file changed on server during transfer"}
+	errShuttingDown = &tftpError{0, "server shutting down"}
+)
+
+// serveRead runs one read request. A non-nil result is the error the engine
+// must send the client; nil means the client has been answered.
+func (s *Server) serveRead(ctx context.Context, req request, out outgoing) error {
+	t := Transfer{Client: req.client, Local: req.local, File: req.name, Size: -1, Start: time.Now()}
+	name, err := cleanName(req.name)
+	if err != nil {
+		s.finish(t, OutcomeRefused, err)
+		return errAccess
+	}
+	t.File = name
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		s.finish(t, OutcomeRefused, fmt.Errorf("%d transfers running (max_transfers): %w", cap(s.slots), errBusy))
+		return errBusy
+	}
+	s.cfg.Metrics.activeAdd(1)
+	defer func() {
+		<-s.slots
+		s.cfg.Metrics.activeAdd(-1)
+	}()
+
+	f, size, err := s.cfg.Source.Open(ctx, name, req.client.Addr())
+	if err == nil && (f == nil || size < 0) {
+		if f != nil {
+			f.Close()
+		}
+		err = fmt.Errorf("source returned no file or a negative size (%d) without an error", size)
+	}
+	if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			s.finish(t, OutcomeNotFound, err)
+			return errNotFound
+		case errors.Is(err, ErrInvalidName), errors.Is(err, fs.ErrPermission):
+			s.finish(t, OutcomeRefused, err)
+			return errAccess
+		default:
+			s.finish(t, OutcomeFailed, err)
+			return errOpen
+		}
+	}
+	defer f.Close()
+	t.Size = size
+	s.emit(t)
+
+	r := &fileReader{ctx: ctx, sr: io.NewSectionReader(f, 0, size), size: size}
+	t.Bytes, t.BlockSize, err = out.send(r)
+	switch {
+	case err == nil:
+		s.finish(t, OutcomeOK, nil)
+	case !r.started:
+		// Failed before the first data block: the client ended the exchange
+		// at the option acknowledgement (ERROR packet or silence).
+		s.finish(t, OutcomeAbortedProbe, err)
+	default:
+		if r.err != nil {
+			err = r.err // the server-side cause, not the message the client got
+		}
+		s.finish(t, OutcomeFailed, err)
+	}
+	return nil
+}
+
+// refuseWrite answers a write request.
+func (s *Server) refuseWrite(req request) error {
+	s.finish(Transfer{Client: req.client, Local: req.local, File: req.name, Write: true, Size: -1, Start: time.Now()}, OutcomeRefused, errReadOnly)
+	return errReadOnly
+}
+
+// malformed records a packet the engine dropped.
+func (s *Server) malformed(err error) {
+	s.cfg.Metrics.malformedPacket()
+	s.log.Debug("tftp malformed packet dropped", "err", err)
+}
+
+func (s *Server) finish(t Transfer, o Outcome, err error) {
+	t.Done, t.Outcome, t.Err = true, o, err
+	t.Duration = time.Since(t.Start)
+	s.cfg.Metrics.transferDone(o, t.Bytes)
+	s.logTransfer(t)
+	s.emit(t)
+}
+
+func (s *Server) emit(t Transfer) {
+	if s.cfg.OnTransfer != nil {
+		s.cfg.OnTransfer(t)
+	}
+}
+
+func (s *Server) logTransfer(t Transfer) {
+	attrs := []any{"client", t.Client.String(), "file", t.File}
+	if t.Local.IsValid() {
+		attrs = append(attrs, "server", t.Local.String())
+	}
+	switch t.Outcome {
+	case OutcomeOK:
+		secs := t.Duration.Seconds()
+		mbps := 0.0
+		if secs > 0 {
+			mbps = math.Round(float64(t.Bytes)/secs/1e5) / 10 // MB/s, one decimal
+		}
+		s.log.Info("tftp transfer complete", append(attrs, "size", t.Size, "blksize", t.BlockSize,
+			"duration", t.Duration.Round(time.Microsecond), "mb_per_s", mbps)...)
+	case OutcomeNotFound:
+		s.log.Info("tftp file not found", append(attrs, "err", t.Err)...)
+	case OutcomeAbortedProbe:
+		s.log.Debug("tftp client ended transfer after option negotiation (size probe)", append(attrs, "size", t.Size, "err", t.Err)...)
+	case OutcomeRefused:
+		if t.Write {
+			attrs = append(attrs, "op", "write")
+		}
+		s.log.Warn("tftp request refused", append(attrs, "err", t.Err)...)
+	default:
+		s.log.Warn("tftp transfer failed", append(attrs, "size", t.Size, "sent", t.Bytes, "blksize", t.BlockSize,
+			"duration", t.Duration.Round(time.Microsecond), "err", t.Err)...)
+	}
+}
+
+// fileReader feeds one transfer exactly size bytes. It is seekable so the
+// engine can answer tsize, notes whether the data phase started (to tell a
+// size probe from a failure), and hands the engine client-safe errors while
+// keeping the real cause for the log.
+type fileReader struct {
+	ctx     context.Context
+	sr      *io.SectionReader
+	size    int64
+	started bool
+	err     error
+}
+
+func (r *fileReader) Read(p []byte) (int, error) {
+	r.started = true
+	if r.ctx.Err() != nil {
+		r.err = errShuttingDown
+		return 0, errShuttingDown
+	}
+	n, err := r.sr.Read(p)
+	switch {
+	case err == nil:
+		return n, nil
+	case errors.Is(err, io.EOF):
+		if pos, _ := r.sr.Seek(0, io.SeekCurrent); pos < r.size {
+			// Sending a short last block would end the transfer "successfully"
+			// with fewer bytes than the tsize we announced.
+			r.err = fmt.Errorf("file ended at %d of the %d bytes announced: it changed during the transfer", pos, r.size)
+			return n, errShortFile
+		}
+		return n, io.EOF
+	default:
+		r.err = fmt.Errorf("read: %w", err)
+		return n, errRead
+	}
+}
+
+func (r *fileReader) Seek(offset int64, whence int) (int64, error) {
+	return r.sr.Seek(offset, whence)
+}
