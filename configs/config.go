@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 
 	"github.com/bootserve/bootserve/firmware"
 	"github.com/bootserve/bootserve/machines"
+	"github.com/bootserve/bootserve/nixstore"
 )
 
 // File is the schema of the TOML file. Field tags are the keys users write.
@@ -31,6 +34,8 @@ type File struct {
 	LogFormat string          `toml:"log_format"`
 	Firmware  firmware.Config `toml:"firmware"`
 	TFTP      TFTPFile        `toml:"tftp"`
+	Nix       NixFile         `toml:"nix"`
+	API       APIFile         `toml:"api"`
 	Default   *TargetFile     `toml:"default"`
 	Machines  []MachineFile   `toml:"machine"`
 }
@@ -44,18 +49,37 @@ type TFTPFile struct {
 	Retries      int      `toml:"retries"`
 }
 
-// TargetFile is how a target is written: exactly one of its groups of keys.
-type TargetFile struct {
-	Kernel  string   `toml:"kernel"`
-	Initrds []string `toml:"initrds"`
-	Cmdline string   `toml:"cmdline"`
-	Message string   `toml:"message"`
+// NixFile is the [nix] table.
+type NixFile struct {
+	StoreDir          string   `toml:"store_dir"`
+	StoreRoot         string   `toml:"store_root"`
+	CacheDir          string   `toml:"cache_dir"`
+	CacheSize         Size     `toml:"cache_size"`
+	Compression       string   `toml:"compression"`
+	ProfilesDir       string   `toml:"profiles_dir"`
+	ConfigurationsDir string   `toml:"configurations_dir"`
+	GCRootsDir        string   `toml:"gc_roots_dir"`
+	BuildArgs         []string `toml:"build_args"`
+}
+
+// APIFile is the [api] table: ask a pixiecore-style API server what to boot.
+type APIFile struct {
+	URL          string   `toml:"url"`
+	Timeout      Duration `toml:"timeout"`
+	Username     string   `toml:"username"`
+	PasswordFile string   `toml:"password_file"`
+	CACert       string   `toml:"ca_cert"`
 }
 
 // MachineFile is one [[machine]] table: what selects it, and its target.
 type MachineFile struct {
-	Name string     `toml:"name"`
-	MAC  StringList `toml:"mac"`
+	Name   string     `toml:"name"`
+	MAC    StringList `toml:"mac"`
+	UUID   StringList `toml:"uuid"`
+	Arch   StringList `toml:"arch"`
+	Labels StringList `toml:"labels"`
+	// Hostname is {{.Hostname}} in this machine's templates.
+	Hostname string `toml:"hostname"`
 	TargetFile
 }
 
@@ -96,6 +120,53 @@ func (s *StringList) UnmarshalTOML(v any) error {
 	return fmt.Errorf("want a string or a list of strings, found %T", v)
 }
 
+// Size is a byte count written as 5368709120, "5GiB", "500MB" or "1.5G".
+type Size struct{ Bytes int64 }
+
+// UnmarshalTOML implements toml.Unmarshaler.
+func (z *Size) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		if x < 0 {
+			return fmt.Errorf("size %d is negative", x)
+		}
+		z.Bytes = x
+		return nil
+	case string:
+		n, err := parseSize(x)
+		if err != nil {
+			return err
+		}
+		z.Bytes = n
+		return nil
+	}
+	return fmt.Errorf("want a size like \"5GiB\" or a number of bytes, found %T", v)
+}
+
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.TrimSpace(t[i:])
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("%q is not a size (write it like \"5GiB\" or \"500MB\")", s)
+	}
+	mult := map[string]float64{
+		"": 1, "B": 1,
+		"K": 1 << 10, "KB": 1e3, "KIB": 1 << 10,
+		"M": 1 << 20, "MB": 1e6, "MIB": 1 << 20,
+		"G": 1 << 30, "GB": 1e9, "GIB": 1 << 30,
+		"T": 1 << 40, "TB": 1e12, "TIB": 1 << 40,
+	}[strings.ToUpper(unit)]
+	if mult == 0 {
+		return 0, fmt.Errorf("%q: unknown unit %q (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)", s, unit)
+	}
+	return int64(f * mult), nil
+}
+
 // Config is a loaded, checked configuration, ready for the servers.
 type Config struct {
 	Path      string
@@ -106,8 +177,10 @@ type Config struct {
 	LogFormat string
 	Firmware  firmware.Config
 	TFTP      TFTP
-	Booter    machines.Booter
-	// Rules is the selection table behind Booter, for `bootserve check`.
+	Nix       Nix
+	API       API
+	// Rules is the selection table from [default] and [[machine]]. When
+	// API.URL is set, the API server decides instead.
 	Rules *machines.Table
 }
 
@@ -118,6 +191,36 @@ type TFTP struct {
 	Timeout      time.Duration
 	Retries      int
 }
+
+// Nix is the checked [nix] table.
+type Nix struct {
+	StoreDir          string
+	StoreRoot         string
+	CacheDir          string
+	CacheBytes        int64
+	Compression       string
+	ProfilesDir       string
+	ConfigurationsDir string
+	GCRootsDir        string
+	BuildArgs         []string
+	// Used says whether any target needs Nix.
+	Used bool
+}
+
+// API is the checked [api] table.
+type API struct {
+	URL      string
+	Timeout  time.Duration
+	Username string
+	Password string
+	CACert   string
+}
+
+// Default locations of Nix-related state.
+const (
+	DefaultCacheDir  = "/var/cache/bootserve"
+	DefaultCacheSize = 10 << 30
+)
 
 // Error is one problem in a config file, located.
 type Error struct {
@@ -146,6 +249,12 @@ type loader struct {
 	dir  string
 	pos  *positions
 	errs []error
+
+	nixStoreDir       string
+	nixStoreRoot      string
+	nixProfiles       []located
+	nixConfigurations []located
+	usedStore         bool
 }
 
 func (l *loader) errorf(key, format string, args ...any) {
@@ -241,22 +350,7 @@ func (l *loader) check(f *File) *Config {
 	default:
 		l.errorf("log_format", "%q is not text or json", f.LogFormat)
 	}
-	for _, fw := range []struct{ key, val string }{
-		{"bios", f.Firmware.BIOS}, {"efi_ia32", f.Firmware.EFIIA32}, {"efi_x64", f.Firmware.EFIX64},
-		{"efi_arm32", f.Firmware.EFIARM32}, {"efi_arm64", f.Firmware.EFIARM64}, {"efi_riscv64", f.Firmware.EFIRISCV64},
-	} {
-		if strings.ContainsRune(fw.val, '/') {
-			if _, err := os.Stat(l.path(fw.val)); err != nil {
-				l.errorf("firmware."+fw.key, "%v", err)
-			}
-		}
-	}
-	c.Firmware.EFIIA32 = l.pathIfFile(f.Firmware.EFIIA32)
-	c.Firmware.EFIX64 = l.pathIfFile(f.Firmware.EFIX64)
-	c.Firmware.EFIARM32 = l.pathIfFile(f.Firmware.EFIARM32)
-	c.Firmware.EFIARM64 = l.pathIfFile(f.Firmware.EFIARM64)
-	c.Firmware.EFIRISCV64 = l.pathIfFile(f.Firmware.EFIRISCV64)
-	c.Firmware.BIOS = l.pathIfFile(f.Firmware.BIOS)
+	l.checkFirmware(f, c)
 
 	c.TFTP = TFTP{Root: l.path(f.TFTP.Root), MaxTransfers: f.TFTP.MaxTransfers, Timeout: f.TFTP.Timeout.Duration, Retries: f.TFTP.Retries}
 	if c.TFTP.Root != "" {
@@ -267,10 +361,16 @@ func (l *loader) check(f *File) *Config {
 	if c.TFTP.MaxTransfers < 0 {
 		l.errorf("tftp.max_transfers", "must not be negative")
 	}
+	if c.TFTP.Retries < 0 {
+		l.errorf("tftp.retries", "must not be negative")
+	}
+
+	c.Nix = l.nixSection(&f.Nix)
+	c.API = l.apiSection(&f.API)
 
 	table := &machines.Table{}
 	if f.Default != nil {
-		table.Default = l.target("default", f.Default)
+		table.Default = l.target("default", f.Default, false)
 		if table.Default != nil {
 			table.Default.Name = "default"
 		}
@@ -278,66 +378,214 @@ func (l *loader) check(f *File) *Config {
 	seenMAC := map[string]string{}
 	for i, m := range f.Machines {
 		key := fmt.Sprintf("machine[%d]", i)
-		r := machines.Rule{Name: m.Name}
-		if r.Name == "" {
-			r.Name = key
+		if r, ok := l.machine(key, &m, seenMAC); ok {
+			table.Rules = append(table.Rules, r)
 		}
-		for _, s := range m.MAC {
-			hw, err := machines.ParseMAC(s)
-			if err != nil {
-				l.errorf(key+".mac", "%v", err)
-				continue
-			}
-			if prev, dup := seenMAC[hw.String()]; dup {
-				l.errorf(key+".mac", "%s is already selected by %s", hw, prev)
-			}
-			seenMAC[hw.String()] = key
-			r.MACs = append(r.MACs, hw)
-		}
-		if len(r.MACs) == 0 {
-			l.errorf(key, "selects no machine: set mac")
-		}
-		t := l.target(key, &m.TargetFile)
-		if t == nil {
-			continue
-		}
-		t.Name = r.Name
-		r.Target = *t
-		table.Rules = append(table.Rules, r)
 	}
-	if table.Default == nil && len(table.Rules) == 0 {
-		l.errorf("default", "nothing to boot: add a [default] target or a [[machine]]")
+	for _, tie := range table.CheckTies() {
+		a, b := table.Rules[tie.A], table.Rules[tie.B]
+		l.errorf(fmt.Sprintf("machine[%d]", ruleIndex(f, b.Name, tie.B)),
+			"ties with %s: both are equally specific and both match a machine with %s; make one more specific (add mac, uuid, arch or labels) or merge them",
+			a.Name, tie.Example)
 	}
+	if table.Default == nil && len(table.Rules) == 0 && c.API.URL == "" {
+		l.errorf("default", "nothing to boot: add a [default] target, a [[machine]], or an [api] url")
+	}
+	if c.API.URL != "" && (table.Default != nil || len(table.Rules) > 0) {
+		l.errorf("api.url", "set either [api] or [default]/[[machine]] targets: the API server decides what each machine boots")
+	}
+	l.checkNixTargets(&c.Nix)
 	c.Rules = table
-	c.Booter = table
 	return c
 }
 
-// pathIfFile resolves a firmware value that is a path, leaving builtin names.
-func (l *loader) pathIfFile(v string) string {
-	if strings.ContainsRune(v, '/') {
-		return l.path(v)
+// ruleIndex finds the config index of a rule (rules that failed checks are
+// dropped, so table indices can differ from file order).
+func ruleIndex(f *File, name string, fallback int) int {
+	for i, m := range f.Machines {
+		if m.Name == name || fmt.Sprintf("machine[%d]", i) == name {
+			return i
+		}
 	}
-	return v
+	return fallback
 }
 
-// target checks one target's keys; nil when it is not usable.
-func (l *loader) target(key string, tf *TargetFile) *machines.Target {
-	if tf.Kernel == "" {
-		l.errorf(key, "no target: set kernel (with initrds and cmdline)")
-		return nil
+func (l *loader) machine(key string, m *MachineFile, seenMAC map[string]string) (machines.Rule, bool) {
+	r := machines.Rule{Name: m.Name, Labels: m.Labels}
+	if r.Name == "" {
+		r.Name = key
 	}
-	t := &machines.Target{Kind: machines.KindKernel, Kernel: l.path(tf.Kernel), Cmdline: tf.Cmdline, Message: tf.Message}
-	l.checkFile(key+".kernel", t.Kernel)
-	for i, p := range tf.Initrds {
-		p = l.path(p)
-		l.checkFile(fmt.Sprintf("%s.initrds[%d]", key, i), p)
-		t.Initrds = append(t.Initrds, p)
+	for _, s := range m.MAC {
+		hw, err := machines.ParseMAC(s)
+		if err != nil {
+			l.errorf(key+".mac", "%v", err)
+			continue
+		}
+		if prev, dup := seenMAC[hw.String()]; dup {
+			l.errorf(key+".mac", "%s is already selected by %s", hw, prev)
+		}
+		seenMAC[hw.String()] = r.Name
+		r.MACs = append(r.MACs, hw)
 	}
-	if strings.ContainsAny(tf.Cmdline, "\r\n") {
-		l.errorf(key+".cmdline", "must be one line")
+	for _, s := range m.UUID {
+		u, err := machines.ParseUUID(s)
+		if err != nil {
+			l.errorf(key+".uuid", "%v", err)
+			continue
+		}
+		r.UUIDs = append(r.UUIDs, u)
 	}
-	return t
+	for _, s := range m.Arch {
+		a, err := firmware.ParseArch(s)
+		if err != nil {
+			l.errorf(key+".arch", "%v", err)
+			continue
+		}
+		r.Arches = append(r.Arches, a)
+	}
+	for _, lb := range m.Labels {
+		if lb == "" || strings.ContainsAny(lb, " \t\r\n") {
+			l.errorf(key+".labels", "%q: a label is one word (no spaces)", lb)
+		}
+	}
+	if len(m.MAC)+len(m.UUID)+len(m.Arch)+len(m.Labels) == 0 {
+		l.errorf(key, "selects no machine: set mac, uuid, arch or labels (or use [default])")
+		return r, false
+	}
+	t := l.target(key, &m.TargetFile, false)
+	if t == nil {
+		return r, false
+	}
+	t.Name = r.Name
+	t.Hostname = m.Hostname
+	if strings.ContainsAny(m.Hostname, " \t\r\n") {
+		l.errorf(key+".hostname", "%q has spaces", m.Hostname)
+	}
+	r.Target = *t
+	return r, true
+}
+
+func (l *loader) checkFirmware(f *File, c *Config) {
+	for _, fw := range []struct {
+		key string
+		val *string
+	}{
+		{"bios", &c.Firmware.BIOS}, {"efi_ia32", &c.Firmware.EFIIA32}, {"efi_x64", &c.Firmware.EFIX64},
+		{"efi_arm32", &c.Firmware.EFIARM32}, {"efi_arm64", &c.Firmware.EFIARM64}, {"efi_riscv64", &c.Firmware.EFIRISCV64},
+	} {
+		if !strings.ContainsRune(*fw.val, '/') {
+			continue // a builtin name: firmware.Load checks it
+		}
+		*fw.val = l.path(*fw.val)
+		if _, err := os.Stat(*fw.val); err != nil {
+			l.errorf("firmware."+fw.key, "%v", err)
+		}
+	}
+	if _, err := firmware.Load(c.Firmware); err != nil {
+		l.errorf("firmware", "%v", err)
+	}
+}
+
+func (l *loader) nixSection(nf *NixFile) Nix {
+	n := Nix{
+		StoreDir: nf.StoreDir, StoreRoot: l.path(nf.StoreRoot), CacheDir: l.path(nf.CacheDir), CacheBytes: nf.CacheSize.Bytes,
+		Compression: nf.Compression, ProfilesDir: l.path(nf.ProfilesDir), ConfigurationsDir: l.path(nf.ConfigurationsDir),
+		GCRootsDir: l.path(nf.GCRootsDir), BuildArgs: nf.BuildArgs,
+	}
+	if n.StoreDir == "" {
+		n.StoreDir = nixstore.DefaultStoreDir
+	}
+	if !filepath.IsAbs(n.StoreDir) || filepath.Clean(n.StoreDir) != n.StoreDir {
+		l.errorf("nix.store_dir", "%q must be a clean absolute path", nf.StoreDir)
+	}
+	if n.CacheDir == "" {
+		n.CacheDir = DefaultCacheDir
+	}
+	if n.CacheBytes == 0 {
+		n.CacheBytes = DefaultCacheSize
+	}
+	switch n.Compression {
+	case "":
+		n.Compression = "zstd"
+	case "zstd", "gzip":
+	default:
+		l.errorf("nix.compression", "%q is not zstd or gzip", nf.Compression)
+	}
+	for _, d := range []struct{ key, path string }{{"nix.profiles_dir", n.ProfilesDir}, {"nix.configurations_dir", n.ConfigurationsDir}, {"nix.store_root", n.StoreRoot}} {
+		if d.path == "" {
+			continue
+		}
+		if st, err := os.Stat(d.path); err != nil || !st.IsDir() {
+			l.errorf(d.key, "%q is not a directory", d.path)
+		}
+	}
+	if n.ConfigurationsDir != "" && n.GCRootsDir == "" {
+		l.errorf("nix.gc_roots_dir", "needed with configurations_dir: builds get a GC root there")
+	}
+	l.nixStoreDir, l.nixStoreRoot = n.StoreDir, n.StoreRoot
+	return n
+}
+
+// checkNixTargets checks profile and configuration names once [nix] is known.
+func (l *loader) checkNixTargets(n *Nix) {
+	n.Used = len(l.nixProfiles)+len(l.nixConfigurations) > 0 || l.usedStore
+	for _, p := range l.nixProfiles {
+		if n.ProfilesDir == "" {
+			l.errorf(p.key, "set nix.profiles_dir to use profiles")
+			continue
+		}
+		if !simpleName(p.value) {
+			l.errorf(p.key, "%q is not a profile name (no /, no leading dot)", p.value)
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(n.ProfilesDir, p.value)); err != nil {
+			l.errorf(p.key, "no profile %q in %s: %v", p.value, n.ProfilesDir, err)
+		}
+	}
+	for _, c := range l.nixConfigurations {
+		if n.ConfigurationsDir == "" {
+			l.errorf(c.key, "set nix.configurations_dir to use configurations")
+			continue
+		}
+		if !simpleName(c.value) {
+			l.errorf(c.key, "%q is not a configuration name (no /, no leading dot)", c.value)
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(n.ConfigurationsDir, c.value, "default.nix")); err != nil {
+			l.errorf(c.key, "%v", err)
+		}
+	}
+}
+
+func simpleName(s string) bool {
+	return s != "" && !strings.ContainsAny(s, "/\x00") && !strings.HasPrefix(s, ".")
+}
+
+func (l *loader) apiSection(af *APIFile) API {
+	a := API{URL: af.URL, Timeout: af.Timeout.Duration, Username: af.Username, CACert: l.path(af.CACert)}
+	if a.URL == "" {
+		if af.Username != "" || af.PasswordFile != "" || af.CACert != "" {
+			l.errorf("api.url", "set the API server's URL (the other [api] keys need it)")
+		}
+		return a
+	}
+	u, err := url.Parse(a.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		l.errorf("api.url", "%q is not an http(s) URL", a.URL)
+	}
+	if af.PasswordFile != "" {
+		b, err := os.ReadFile(l.path(af.PasswordFile))
+		if err != nil {
+			l.errorf("api.password_file", "%v", err)
+		}
+		a.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	if a.CACert != "" {
+		if _, err := os.Stat(a.CACert); err != nil {
+			l.errorf("api.ca_cert", "%v", err)
+		}
+	}
+	return a
 }
 
 // checkFile makes sure a local boot file exists and is readable now, so a

@@ -26,6 +26,10 @@ type Identity struct {
 	IP   netip.Addr
 	// Hostname is the host name the client sent (DHCP option 12), if any.
 	Hostname string
+	// Labels are free-form tags the machine carries: its DHCP user classes
+	// other than "iPXE", "hostname=<name>" when it sent a host name, and
+	// label= parameters of a script URL (for chains from other iPXE menus).
+	Labels []string
 }
 
 // ErrNoTarget means the machine must not be booted: no rule matches it.
@@ -101,6 +105,9 @@ type Target struct {
 
 	// Message is printed by iPXE before booting (pixiecore's "message").
 	Message string
+	// Hostname, if set, is {{.Hostname}} in templates, in place of the
+	// name the machine sent.
+	Hostname string
 }
 
 // Menu is an iPXE menu whose entries are targets.

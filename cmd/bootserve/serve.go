@@ -43,7 +43,7 @@ type settings struct {
 func settingsFromConfig(c *configs.Config) settings {
 	return settings{
 		Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort,
-		LogLevel: c.LogLevel, LogFormat: c.LogFormat, Firmware: c.Firmware, TFTP: c.TFTP, Booter: c.Booter,
+		LogLevel: c.LogLevel, LogFormat: c.LogFormat, Firmware: c.Firmware, TFTP: c.TFTP, Booter: c.Rules,
 	}
 }
 
