@@ -14,6 +14,7 @@ import (
 	"github.com/insomniacslk/dhcp/iana"
 
 	"github.com/bootserve/bootserve/firmware"
+	"github.com/bootserve/bootserve/internal/pcapread"
 	"github.com/bootserve/bootserve/machines"
 )
 
@@ -115,7 +116,10 @@ func TestGoldenCaptures(t *testing.T) {
 	}
 	for _, f := range files {
 		want := goldenReplies[filepath.Base(f)]
-		pkts := readPcap(t, f)
+		pkts, err := pcapread.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
 		checked := 0
 		for i, p := range pkts {
 			req, err := dhcpv4.FromBytes(p.Payload)
@@ -141,7 +145,7 @@ func TestGoldenCaptures(t *testing.T) {
 	}
 }
 
-func checkGolden(t *testing.T, req *dhcpv4.DHCPv4, p capturedPacket, g golden, env Env) {
+func checkGolden(t *testing.T, req *dhcpv4.DHCPv4, p pcapread.Datagram, g golden, env Env) {
 	c, outcome := Parse(req, p.Dst.Port, serverIP)
 	if c == nil {
 		if outcome != g.outcome {
