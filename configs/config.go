@@ -472,6 +472,7 @@ func (l *loader) checkFirmware(f *File, c *Config) {
 	}{
 		{"bios", &c.Firmware.BIOS}, {"efi_ia32", &c.Firmware.EFIIA32}, {"efi_x64", &c.Firmware.EFIX64},
 		{"efi_arm32", &c.Firmware.EFIARM32}, {"efi_arm64", &c.Firmware.EFIARM64}, {"efi_riscv64", &c.Firmware.EFIRISCV64},
+		{"memdisk", &c.Firmware.Memdisk},
 	} {
 		if !strings.ContainsRune(*fw.val, '/') {
 			continue // a builtin name: firmware.Load checks it

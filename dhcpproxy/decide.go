@@ -63,13 +63,15 @@ type Client struct {
 	// requests), for the status page.
 	IP       netip.Addr
 	Hostname string
+	// Labels are the user classes other than "iPXE", and hostname=<name>.
+	Labels []string
 	// Relayed is true when a relay agent forwarded the request (giaddr set).
 	Relayed bool
 }
 
 // Identity is the machine identity the config's rules match against.
 func (c *Client) Identity(arch firmware.Arch) machines.Identity {
-	return machines.Identity{MAC: c.MAC, UUID: c.UUID, Arch: arch, IP: c.IP, Hostname: c.Hostname}
+	return machines.Identity{MAC: c.MAC, UUID: c.UUID, Arch: arch, IP: c.IP, Hostname: c.Hostname, Labels: c.Labels}
 }
 
 // Parse classifies a request that arrived on port (67 or 4011) of a server
@@ -110,6 +112,7 @@ func Parse(p *dhcpv4.DHCPv4, port int, serverIP net.IP) (*Client, Outcome) {
 		Hostname:    p.HostName(),
 		Relayed:     p.GatewayIPAddr != nil && !p.GatewayIPAddr.IsUnspecified(),
 	}
+	c.Labels = labels(p)
 	if g := p.GetOneOption(dhcpv4.OptionClientMachineIdentifier); len(g) == 17 && g[0] == 0 {
 		c.GUID = append([]byte(nil), g...)
 		c.UUID = machines.UUIDFromWire(g[1:])
@@ -121,6 +124,35 @@ func Parse(p *dhcpv4.DHCPv4, port int, serverIP net.IP) (*Client, Outcome) {
 		}
 	}
 	return c, ""
+}
+
+// labels are what a machine tells about itself that config rules can
+// select on: its user classes (option 77, RFC 3004) other than iPXE's own,
+// and its host name (option 12) as "hostname=<name>". Only printable words
+// are kept: they end up in URLs and logs.
+func labels(p *dhcpv4.DHCPv4) []string {
+	var out []string
+	for _, uc := range p.UserClass() {
+		if uc != "iPXE" && printableWord(uc) {
+			out = append(out, uc)
+		}
+	}
+	if h := p.HostName(); h != "" && printableWord(h) {
+		out = append(out, "hostname="+h)
+	}
+	return out
+}
+
+func printableWord(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if r <= ' ' || r > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 func isIPXE(p *dhcpv4.DHCPv4) bool {

@@ -63,6 +63,10 @@ type Config struct {
 	EFIARM32   string `toml:"efi_arm32"`
 	EFIARM64   string `toml:"efi_arm64"`
 	EFIRISCV64 string `toml:"efi_riscv64"`
+	// Memdisk is the path of syslinux's memdisk, which lets BIOS machines
+	// boot ISO images from RAM (Debian: syslinux-common's
+	// /usr/lib/syslinux/memdisk). Empty: ISOs boot with iPXE's sanboot.
+	Memdisk string `toml:"memdisk"`
 
 	// SearchDir is where builtins are looked for when they were not embedded
 	// at build time; empty means DefaultSearchDir.
@@ -111,6 +115,7 @@ type Set struct {
 	byArch  map[Arch]*Binary
 	byName  map[string]*Binary
 	missing map[Arch]error
+	memdisk *Binary
 }
 
 // Load resolves the boot program of every architecture. A path or builtin
@@ -144,8 +149,19 @@ func Load(cfg Config) (*Set, error) {
 		s.byArch[a] = b
 		s.byName[b.Name] = b
 	}
+	if cfg.Memdisk != "" {
+		data, err := os.ReadFile(cfg.Memdisk)
+		if err != nil {
+			return nil, fmt.Errorf("firmware.memdisk = %q: %w", cfg.Memdisk, err)
+		}
+		s.memdisk = &Binary{Arch: BIOS, Name: "bios/memdisk", Origin: cfg.Memdisk, Data: data}
+		s.byName[s.memdisk.Name] = s.memdisk
+	}
 	return s, nil
 }
+
+// Memdisk returns syslinux's memdisk when configured, else nil.
+func (s *Set) Memdisk() *Binary { return s.memdisk }
 
 func load(a Arch, v, dir string) (*Binary, error) {
 	if ba, ok := builtinArch(v); ok {

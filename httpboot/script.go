@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"text/template"
 
+	"github.com/bootserve/bootserve/firmware"
 	"github.com/bootserve/bootserve/machines"
 )
 
@@ -23,8 +25,11 @@ type TemplateData struct {
 	URL      string // bootserve's base URL, http://host[:port]
 }
 
-func templateData(id machines.Identity, base string) TemplateData {
+func templateData(id machines.Identity, t *machines.Target, base string) TemplateData {
 	d := TemplateData{UUID: id.UUID, Arch: id.Arch.String(), Hostname: id.Hostname, URL: base}
+	if t.Hostname != "" {
+		d.Hostname = t.Hostname
+	}
 	if id.MAC != nil {
 		d.MAC = id.MAC.String()
 	}
@@ -36,8 +41,9 @@ func templateData(id machines.Identity, base string) TemplateData {
 
 // ExpandTemplate executes a text/template (never html/template: this is a
 // kernel command line or an iPXE script, not HTML) with the machine's data.
-func ExpandTemplate(name, text string, d TemplateData) (string, error) {
-	t, err := template.New(name).Option("missingkey=error").Parse(text)
+// funcs may add functions (the server adds URL, pixiecore's proxy function).
+func ExpandTemplate(name, text string, d TemplateData, funcs template.FuncMap) (string, error) {
+	t, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(text)
 	if err != nil {
 		return "", fmt.Errorf("template %s: %w", name, err)
 	}
@@ -101,16 +107,13 @@ func (s *Server) kernelScript(b *scriptBuilder, base string, id machines.Identit
 	if t.Kernel == "" {
 		return fmt.Errorf("%w: target %q has no kernel", errScript, t.Name)
 	}
-	cmdline, err := ExpandTemplate("cmdline", t.Cmdline, templateData(id, base))
+	mac := macString(id)
+	cmdline, err := s.expand("cmdline", t.Cmdline, base, id, t)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errScript, err)
+		return err
 	}
 	if err := oneLine("cmdline", cmdline); err != nil {
 		return err
-	}
-	mac := ""
-	if id.MAC != nil {
-		mac = id.MAC.String()
 	}
 	var args []string
 	var initrdLines []string
@@ -140,6 +143,31 @@ func (s *Server) fileURL(base, src, name, mac string) string {
 	return base + "/f/" + s.signer.sign(fileRef{Src: src, MAC: mac}) + "/" + name
 }
 
+func macString(id machines.Identity) string {
+	if id.MAC == nil {
+		return ""
+	}
+	return id.MAC.String()
+}
+
+// expand runs a target's template with the machine's data and the URL
+// function: {{ URL "https://..." }} becomes a URL on bootserve that proxies
+// the file (pixiecore's API offers the same), as do file:// URLs and paths.
+func (s *Server) expand(name, text, base string, id machines.Identity, t *machines.Target) (string, error) {
+	if !strings.Contains(text, "{{") {
+		return text, nil
+	}
+	funcs := template.FuncMap{"URL": func(u string) string {
+		src := strings.TrimPrefix(u, "file://")
+		return s.fileURL(base, src, imageName(src, "file"), macString(id))
+	}}
+	out, err := ExpandTemplate(name, text, templateData(id, t, base), funcs)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", errScript, err)
+	}
+	return out, nil
+}
+
 // targetScript writes the body of the script for one target (no header).
 func (s *Server) targetScript(b *scriptBuilder, base string, id machines.Identity, t *machines.Target) error {
 	if t.Message != "" {
@@ -152,9 +180,12 @@ func (s *Server) targetScript(b *scriptBuilder, base string, id machines.Identit
 	case machines.KindKernel:
 		return s.kernelScript(b, base, id, t)
 	case machines.KindIPXEScript:
-		text, err := ExpandTemplate("ipxe_script", t.IPXEScript, templateData(id, base))
-		if err != nil {
-			return fmt.Errorf("%w: %v", errScript, err)
+		text := t.IPXEScript
+		if !t.Verbatim {
+			var err error
+			if text, err = s.expand("ipxe_script", text, base, id, t); err != nil {
+				return err
+			}
 		}
 		// The user's script replaces ours, including its #!ipxe line.
 		body, _ := strings.CutPrefix(strings.TrimLeft(text, " \t\r\n"), "#!ipxe")
@@ -164,11 +195,34 @@ func (s *Server) targetScript(b *scriptBuilder, base string, id machines.Identit
 		}
 		return nil
 	case machines.KindChain:
-		if err := oneLine("chain", t.URL); err != nil {
+		u, err := s.expand("chain", t.URL, base, id, t)
+		if err != nil {
 			return err
 		}
-		b.line("chain --autofree %s || goto failed", t.URL)
+		if err := oneLine("chain", u); err != nil {
+			return err
+		}
+		if strings.HasPrefix(u, "https://") {
+			// Debian's iPXE speaks no HTTPS: bootserve fetches it.
+			u = s.fileURL(base, u, imageName(u, "chain"), macString(id))
+		}
+		b.line("chain --autofree %s || goto failed", u)
 		return nil
+	case machines.KindISO:
+		iso := s.fileURL(base, t.URL, imageName(t.URL, "image.iso"), macString(id))
+		if md := s.memdisk(); md != nil && id.Arch == firmware.BIOS {
+			// memdisk copies the whole image to RAM and emulates a
+			// disk, which boots ISOs that iPXE's sanboot cannot.
+			b.line("kernel %s iso raw || goto failed", s.fileURL(base, md.Origin, "memdisk", macString(id)))
+			b.line("initrd %s || goto failed", iso)
+			b.line("boot || goto failed")
+			return nil
+		}
+		// sanboot reads the image on demand with HTTP Range requests.
+		b.line("sanboot --no-describe %s || goto failed", iso)
+		return nil
+	case machines.KindMenu:
+		return s.menuScript(b, base, id, t)
 	case machines.KindLocal:
 		// exit hands control back to the firmware, which tries the next
 		// boot device (the local disk).
@@ -177,6 +231,54 @@ func (s *Server) targetScript(b *scriptBuilder, base string, id machines.Identit
 		return nil
 	}
 	return fmt.Errorf("%w: target kind %s is not supported here", errScript, t.Kind)
+}
+
+// menuScript shows an iPXE menu. Entries are fetched only once chosen
+// (chain to the script URL with entry=N), so a Nix configuration in a menu
+// is built only when someone picks it.
+func (s *Server) menuScript(b *scriptBuilder, base string, id machines.Identity, t *machines.Target) error {
+	m := t.Menu
+	if m == nil || len(m.Entries) == 0 {
+		return fmt.Errorf("%w: empty menu", errScript)
+	}
+	if err := oneLine("menu title", m.Title); err != nil {
+		return err
+	}
+	b.line(":menu")
+	b.line("menu %s", m.Title)
+	for i, e := range m.Entries {
+		if err := oneLine("menu label", e.Label); err != nil {
+			return err
+		}
+		b.line("item e%d %s", i, e.Label)
+	}
+	def := m.Default
+	if def < 0 || def >= len(m.Entries) {
+		def = 0
+	}
+	if m.TimeoutSeconds > 0 {
+		b.line("choose --default e%d --timeout %d entry || goto failed", def, m.TimeoutSeconds*1000)
+	} else {
+		b.line("choose --default e%d entry || goto failed", def)
+	}
+	b.line("goto ${entry}")
+	for i, e := range m.Entries {
+		b.line(":e%d", i)
+		if e.Target.Kind == machines.KindLocal {
+			b.line("echo Booting from the next boot device")
+			b.line("exit 0")
+			continue
+		}
+		b.line("chain --autofree %s || goto failed", s.entryURL(base, id, i))
+	}
+	return nil
+}
+
+// entryURL is the script URL of one menu entry.
+func (s *Server) entryURL(base string, id machines.Identity, i int) string {
+	q := scriptQuery(id)
+	q.Set("entry", strconv.Itoa(i))
+	return base + "/ipxe?" + encodeQuery(q)
 }
 
 // machineScript is the whole script for a machine: header, the target, and

@@ -163,6 +163,11 @@ func (s *Server) hostPort(host string) string {
 // clients. The identity is carried in the query so the script can be made
 // without any server-side state.
 func (s *Server) ScriptURL(host netip.Addr, id machines.Identity) string {
+	return "http://" + s.hostPort(host.String()) + "/ipxe?" + encodeQuery(scriptQuery(id))
+}
+
+// scriptQuery is the identity a script URL carries.
+func scriptQuery(id machines.Identity) url.Values {
 	q := url.Values{}
 	if id.MAC != nil {
 		q.Set("mac", id.MAC.String())
@@ -173,8 +178,23 @@ func (s *Server) ScriptURL(host netip.Addr, id machines.Identity) string {
 	if id.UUID != "" {
 		q.Set("uuid", id.UUID)
 	}
-	// Keep ':' readable in MACs; iPXE sends the URL as is.
-	return "http://" + s.hostPort(host.String()) + "/ipxe?" + strings.ReplaceAll(q.Encode(), "%3A", ":")
+	for _, l := range id.Labels {
+		q.Add("label", l)
+	}
+	return q
+}
+
+// encodeQuery keeps ':' readable in MACs; iPXE sends the URL as is.
+func encodeQuery(q url.Values) string {
+	return strings.ReplaceAll(q.Encode(), "%3A", ":")
+}
+
+// memdisk is syslinux's memdisk when configured.
+func (s *Server) memdisk() *firmware.Binary {
+	if p := s.policy.Load(); p != nil && p.Firmware != nil {
+		return p.Firmware.Memdisk()
+	}
+	return nil
 }
 
 // FirmwareURL is the URL of a boot program, for UEFI HTTP Boot clients.
@@ -290,7 +310,25 @@ func identity(r *http.Request) (machines.Identity, error) {
 			return id, fmt.Errorf("uuid: %w", err)
 		}
 	}
+	for _, l := range q["label"] {
+		if l == "" || len(l) > 64 || strings.ContainsAny(l, " \t\r\n") {
+			return id, fmt.Errorf("label %q: want one short word", l)
+		}
+		id.Labels = append(id.Labels, l)
+	}
+	if h, ok := strings.CutPrefix(labelValue(id.Labels, "hostname="), "hostname="); ok {
+		id.Hostname = h
+	}
 	return id, nil
+}
+
+func labelValue(labels []string, prefix string) string {
+	for _, l := range labels {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
 }
 
 func (s *Server) emit(e Event) {
@@ -325,6 +363,15 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("choose boot target", "mac", id.MAC.String(), "err", err)
 		w.Write(errorScript("cannot choose a boot target: "+err.Error(), self))
 		return
+	}
+	if e := r.URL.Query().Get("entry"); e != "" {
+		// A menu entry someone chose: boot that entry's target.
+		i, err := strconv.Atoi(e)
+		if err != nil || t.Menu == nil || i < 0 || i >= len(t.Menu.Entries) {
+			http.Error(w, "no such menu entry: "+e, http.StatusNotFound)
+			return
+		}
+		t = t.Menu.Entries[i].Target.Clone()
 	}
 	script, err := s.machineScript(base(r), self, id, t)
 	if err != nil {

@@ -96,8 +96,11 @@ type Target struct {
 
 	// KindNix, KindNixProfile, KindNixConfiguration.
 	Nix string
-	// KindIPXEScript: the script text (a text/template).
+	// KindIPXEScript: the script text (a text/template unless Verbatim).
 	IPXEScript string
+	// Verbatim hands IPXEScript to iPXE unchanged (pixiecore's API
+	// promises that for its ipxe-script).
+	Verbatim bool
 	// KindChain and KindISO: a URL or a local path.
 	URL string
 	// KindMenu.
