@@ -133,7 +133,7 @@ func (z *Size) UnmarshalTOML(v any) error {
 		z.Bytes = x
 		return nil
 	case string:
-		n, err := parseSize(x)
+		n, err := ParseSize(x)
 		if err != nil {
 			return err
 		}
@@ -143,7 +143,8 @@ func (z *Size) UnmarshalTOML(v any) error {
 	return fmt.Errorf("want a size like \"5GiB\" or a number of bytes, found %T", v)
 }
 
-func parseSize(s string) (int64, error) {
+// ParseSize reads a size like "5GiB", "500MB" or "1.5G".
+func ParseSize(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
 	num, unit := t, ""

@@ -82,7 +82,7 @@ func TestBadConfigs(t *testing.T) {
 			[]string{`^b\.toml:3: default\.initrds\[1\]: open .*/gone: no such file`}},
 		{"directory as kernel", "[default]\nkernel = \"" + dir + "\"\n",
 			[]string{`default\.kernel: .* is not a regular file`}},
-		{"cmdline without kernel", "[default]\ncmdline = \"x\"\n", []string{`^b\.toml:1: default: initrds or cmdline without kernel`}},
+		{"cmdline without kernel", "[default]\ncmdline = \"x\"\n", []string{`^b\.toml:1: default: cmdline without kernel or nix target`}},
 		{"no target", "[[machine]]\nmac = \"52:54:00:00:00:01\"\n", []string{`^b\.toml:1: machine\[0\]: no target: set one of kernel`}},
 		{"two targets", "[default]\nkernel = \"" + k + "\"\nlocal = true\n", []string{`^b\.toml:1: default: several targets \(kernel, local\)`}},
 		{"bad template", "[default]\nkernel = \"" + k + "\"\ncmdline = \"console={{.Console\"\n", []string{`^b\.toml:3: default\.cmdline: bad template`}},

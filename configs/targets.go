@@ -56,7 +56,7 @@ func (tf *TargetFile) kinds() []string {
 			k = append(k, name)
 		}
 	}
-	add(tf.Kernel != "" || len(tf.Initrds) > 0 || tf.Cmdline != "", "kernel")
+	add(tf.Kernel != "" || len(tf.Initrds) > 0, "kernel")
 	add(tf.Nix != "", "nix")
 	add(tf.NixProfile != "", "nix_profile")
 	add(tf.NixConfiguration != "", "nix_configuration")
@@ -85,6 +85,10 @@ func (l *loader) target(key string, tf *TargetFile, inMenu bool) *machines.Targe
 	kinds := tf.kinds()
 	switch len(kinds) {
 	case 0:
+		if tf.Cmdline != "" {
+			l.errorf(key, "cmdline without kernel or nix target: set kernel")
+			return nil
+		}
 		l.errorf(key, "no target: set one of kernel, nix, nix_profile, nix_configuration, ipxe_script, chain, iso, menu, local")
 		return nil
 	case 1:
@@ -92,29 +96,35 @@ func (l *loader) target(key string, tf *TargetFile, inMenu bool) *machines.Targe
 		l.errorf(key, "several targets (%s): set exactly one", strings.Join(kinds, ", "))
 		return nil
 	}
-	t := &machines.Target{Message: tf.Message}
+	t := &machines.Target{Message: tf.Message, Cmdline: tf.Cmdline}
 	if strings.ContainsAny(tf.Message, "\r\n") {
 		l.errorf(key+".message", "must be one line")
+	}
+	switch kinds[0] {
+	case "kernel", "nix", "nix_profile", "nix_configuration":
+		if strings.ContainsAny(tf.Cmdline, "\r\n") {
+			l.errorf(key+".cmdline", "must be one line")
+		}
+		l.checkTemplate(key+".cmdline", tf.Cmdline)
+	default:
+		if tf.Cmdline != "" {
+			l.errorf(key+".cmdline", "only kernel and nix targets take a cmdline")
+		}
 	}
 	switch kinds[0] {
 	case "kernel":
 		t.Kind = machines.KindKernel
 		if tf.Kernel == "" {
-			l.errorf(key, "initrds or cmdline without kernel: set kernel")
+			l.errorf(key, "initrds without kernel: set kernel")
 			return nil
 		}
 		t.Kernel = l.path(tf.Kernel)
-		t.Cmdline = tf.Cmdline
 		l.checkFile(key+".kernel", t.Kernel)
 		for i, p := range tf.Initrds {
 			p = l.path(p)
 			l.checkFile(fmt.Sprintf("%s.initrds[%d]", key, i), p)
 			t.Initrds = append(t.Initrds, p)
 		}
-		if strings.ContainsAny(tf.Cmdline, "\r\n") {
-			l.errorf(key+".cmdline", "must be one line")
-		}
-		l.checkTemplate(key+".cmdline", tf.Cmdline)
 	case "nix":
 		t.Kind, t.Nix = machines.KindNix, tf.Nix
 		l.usedStore = true

@@ -2,6 +2,7 @@ package httpboot
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -169,7 +170,7 @@ func (s *Server) expand(name, text, base string, id machines.Identity, t *machin
 }
 
 // targetScript writes the body of the script for one target (no header).
-func (s *Server) targetScript(b *scriptBuilder, base string, id machines.Identity, t *machines.Target) error {
+func (s *Server) targetScript(ctx context.Context, b *scriptBuilder, base string, id machines.Identity, t *machines.Target) error {
 	if t.Message != "" {
 		if err := oneLine("message", t.Message); err != nil {
 			return err
@@ -223,6 +224,20 @@ func (s *Server) targetScript(b *scriptBuilder, base string, id machines.Identit
 		return nil
 	case machines.KindMenu:
 		return s.menuScript(b, base, id, t)
+	case machines.KindNix, machines.KindNixProfile, machines.KindNixConfiguration:
+		top, err := s.resolveNix(ctx, t)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", errScript, t.Name, firstLine(err.Error()))
+		}
+		q := url.Values{}
+		if t.Cmdline != "" {
+			extra, err := s.expand("cmdline", t.Cmdline, base, id, t)
+			if err != nil {
+				return err
+			}
+			q.Set("cmdline_suffix_args", extra)
+		}
+		return s.nixLines(b, base, top, q)
 	case machines.KindLocal:
 		// exit hands control back to the firmware, which tries the next
 		// boot device (the local disk).
@@ -284,11 +299,11 @@ func (s *Server) entryURL(base string, id machines.Identity, i int) string {
 // machineScript is the whole script for a machine: header, the target, and
 // a failure tail that retries the whole boot after 5 s (a transient HTTP
 // error, a stale file token after a bootserve restart).
-func (s *Server) machineScript(base, self string, id machines.Identity, t *machines.Target) ([]byte, error) {
+func (s *Server) machineScript(ctx context.Context, base, self string, id machines.Identity, t *machines.Target) ([]byte, error) {
 	var b scriptBuilder
 	b.line("#!ipxe")
 	b.line("echo bootserve: %s booting %s (%s)", id.MAC, t.Name, t.Kind)
-	if err := s.targetScript(&b, base, id, t); err != nil {
+	if err := s.targetScript(ctx, &b, base, id, t); err != nil {
 		return nil, err
 	}
 	retryTail(&b, self)

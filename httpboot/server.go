@@ -110,6 +110,7 @@ type Server struct {
 	signer *signer
 	policy atomic.Pointer[Policy]
 	mux    *http.ServeMux
+	nix    *Nix
 }
 
 // New makes a server. Call SetPolicy before serving.
@@ -373,7 +374,7 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 		}
 		t = t.Menu.Entries[i].Target.Clone()
 	}
-	script, err := s.machineScript(base(r), self, id, t)
+	script, err := s.machineScript(r.Context(), base(r), self, id, t)
 	if err != nil {
 		s.log.Warn("make boot script", "mac", id.MAC.String(), "target", t.Name, "err", err)
 		script = errorScript(err.Error(), self)

@@ -13,12 +13,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
 	"github.com/bootserve/bootserve/configs"
 	"github.com/bootserve/bootserve/firmware"
 	"github.com/bootserve/bootserve/machines"
+	"github.com/bootserve/bootserve/nixstore"
 )
 
 const usage = `bootserve network-boots machines on a LAN that already has a DHCP server.
@@ -26,6 +28,9 @@ const usage = `bootserve network-boots machines on a LAN that already has a DHCP
 Usage:
   bootserve boot KERNEL [INITRD...] [--cmdline "..."] [flags]
       boot every PXE client into KERNEL and INITRDs (local paths or http(s) URLs)
+  bootserve nix STORE-PATH|PROFILE [flags]
+      boot every PXE client into a NixOS system from the Nix store (a
+      profile is resolved at each boot); also serves nix-netboot-serve's URLs
   bootserve serve --config FILE [flags]
       serve what FILE (TOML) says each machine boots
   bootserve check --config FILE
@@ -61,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdBoot(ctx, args[1:], stderr)
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
+	case "nix":
+		err = cmdNix(ctx, args[1:], stderr)
 	case "check":
 		err = cmdCheck(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
@@ -239,6 +246,71 @@ func describe(t *machines.Target) string {
 			s += fmt.Sprintf(", cmdline %q", t.Cmdline)
 		}
 		return s
+	case machines.KindNix:
+		return "NixOS system " + t.Nix
+	case machines.KindNixProfile:
+		return "Nix profile " + t.Nix + " (resolved at each boot)"
+	case machines.KindNixConfiguration:
+		return "Nix configuration " + t.Nix + " (built at each boot)"
+	case machines.KindIPXEScript:
+		return fmt.Sprintf("iPXE script (%d lines)", strings.Count(t.IPXEScript, "\n")+1)
+	case machines.KindChain:
+		return "chain " + t.URL
+	case machines.KindISO:
+		return "ISO image " + t.URL
+	case machines.KindLocal:
+		return "local disk (leave network boot)"
+	case machines.KindMenu:
+		var b strings.Builder
+		fmt.Fprintf(&b, "menu %q", t.Menu.Title)
+		if t.Menu.TimeoutSeconds > 0 {
+			fmt.Fprintf(&b, ", default %q after %d s", t.Menu.Entries[t.Menu.Default].Label, t.Menu.TimeoutSeconds)
+		}
+		for i, e := range t.Menu.Entries {
+			fmt.Fprintf(&b, "\n      %d. %s: %s", i+1, e.Label, describe(&e.Target))
+		}
+		return b.String()
 	}
 	return t.Kind.String()
+}
+
+func cmdNix(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("nix", stderr, "Usage: bootserve nix STORE-PATH|PROFILE [flags]\n\nBoot every PXE client into a NixOS system: a store path (/nix/store/...-nixos-system-...)\nor the name of a profile in --profiles-dir, resolved again at each boot.\n\n")
+	var cf commonFlags
+	cf.register(fs)
+	n := configs.Nix{StoreDir: nixstore.DefaultStoreDir, CacheDir: configs.DefaultCacheDir, CacheBytes: configs.DefaultCacheSize, Compression: "zstd"}
+	fs.StringVar(&n.StoreDir, "store-dir", n.StoreDir, "the Nix store directory")
+	fs.StringVar(&n.StoreRoot, "store-root", "", "filesystem prefix of a chroot store (nix --store DIR)")
+	fs.StringVar(&n.CacheDir, "cache-dir", n.CacheDir, "where compressed archives of store paths are kept")
+	cacheSize := fs.String("cache-size", "10GiB", "cache size limit (least recently used archives go first)")
+	fs.StringVar(&n.Compression, "compression", n.Compression, "archive compression: zstd, or gzip for kernels older than 5.9")
+	fs.StringVar(&n.ProfilesDir, "profiles-dir", "/nix/var/nix/profiles", "where profile names are looked up")
+	cmdline := fs.String("cmdline", "", "extra kernel command line, appended to the system's kernel-params")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	size, err := configs.ParseSize(*cacheSize)
+	if err != nil {
+		return fmt.Errorf("--cache-size: %w", err)
+	}
+	n.CacheBytes = size
+	t := machines.Target{Name: "nix " + pos[0], Kind: machines.KindNixProfile, Nix: pos[0], Cmdline: *cmdline}
+	if strings.HasPrefix(pos[0], "/") {
+		t.Kind = machines.KindNix
+		if _, err := os.Stat(filepath.Join(n.StoreRoot, pos[0])); err != nil {
+			return err
+		}
+	} else if _, err := os.Lstat(filepath.Join(n.ProfilesDir, pos[0])); err != nil {
+		return fmt.Errorf("profile %q: %w (give a store path, or set --profiles-dir)", pos[0], err)
+	}
+	s := settings{Nix: n, NixNeeded: true, Booter: machines.Static{T: t}}
+	if err := s.apply(cf); err != nil {
+		return err
+	}
+	return serve(ctx, s, stderr)
 }

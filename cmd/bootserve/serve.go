@@ -14,21 +14,28 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bootserve/bootserve/configs"
+	"github.com/bootserve/bootserve/cpiocache"
 	"github.com/bootserve/bootserve/dhcpproxy"
 	"github.com/bootserve/bootserve/firmware"
 	"github.com/bootserve/bootserve/httpboot"
 	"github.com/bootserve/bootserve/machines"
+	"github.com/bootserve/bootserve/nixstore"
 	"github.com/bootserve/bootserve/tftpd"
 )
 
 // settings is everything serve needs, from flags or a config file.
 type settings struct {
+	ConfigPath string // empty: no file to reload
+	// File is the config as loaded, before flags; reloads compare with it.
+	File       *configs.Config
 	Interface  string
 	Address    netip.Addr // advertised; invalid = the interface's
 	ListenAddr string     // HTTP bind address; empty = all
@@ -37,13 +44,18 @@ type settings struct {
 	LogFormat  string
 	Firmware   firmware.Config
 	TFTP       configs.TFTP
-	Booter     machines.Booter
+	Nix        configs.Nix
+	// NixNeeded opens the store and the cache even if no target names Nix
+	// (the /boot and /dispatch routes of `bootserve nix`).
+	NixNeeded bool
+	Booter    machines.Booter
 }
 
 func settingsFromConfig(c *configs.Config) settings {
 	return settings{
-		Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort,
-		LogLevel: c.LogLevel, LogFormat: c.LogFormat, Firmware: c.Firmware, TFTP: c.TFTP, Booter: c.Rules,
+		ConfigPath: c.Path, File: c, Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort,
+		LogLevel: c.LogLevel, LogFormat: c.LogFormat, Firmware: c.Firmware, TFTP: c.TFTP, Nix: c.Nix,
+		Booter: c.Rules,
 	}
 }
 
@@ -104,10 +116,18 @@ func checkReadable(p string) error {
 	return nil
 }
 
-// firmwareSource serves the boot programs over TFTP by the names DHCP gave.
-func firmwareSource(set *firmware.Set) tftpd.Source {
+// server is the running servers and what a reload swaps.
+type server struct {
+	log *slog.Logger
+	dp  *dhcpproxy.Server
+	hs  *httpboot.Server
+	fw  atomic.Pointer[firmware.Set]
+}
+
+// tftpSource serves the current boot programs by the names DHCP gave.
+func (sv *server) tftpSource() tftpd.Source {
 	return tftpd.SourceFunc(func(_ context.Context, name string, _ netip.Addr) (tftpd.File, int64, error) {
-		b, ok := set.Lookup(name)
+		b, ok := sv.fw.Load().Lookup(name)
 		if !ok {
 			return nil, 0, fs.ErrNotExist
 		}
@@ -115,15 +135,17 @@ func firmwareSource(set *firmware.Set) tftpd.Source {
 	})
 }
 
-// serve runs the ProxyDHCP, TFTP and HTTP servers until ctx ends.
-func serve(ctx context.Context, s settings, stderr io.Writer) error {
-	log, err := newLogger(stderr, s.LogFormat, s.LogLevel)
+// install makes the servers answer with a new booter and firmware set.
+func (sv *server) install(b machines.Booter, set *firmware.Set) {
+	sv.fw.Store(set)
+	sv.dp.SetPolicy(&dhcpproxy.Policy{Booter: b, Firmware: set, URLs: sv.hs})
+	sv.hs.SetPolicy(&httpboot.Policy{Booter: b, Firmware: set})
+}
+
+func loadFirmware(log *slog.Logger, cfg firmware.Config) (*firmware.Set, error) {
+	set, err := firmware.Load(cfg)
 	if err != nil {
-		return err
-	}
-	set, err := firmware.Load(s.Firmware)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, b := range set.All() {
 		log.Info("boot program", "arch", b.Arch, "name", b.Name, "from", b.Origin, "bytes", len(b.Data))
@@ -133,18 +155,64 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 			log.Warn("clients of this architecture will not be answered", "arch", a, "reason", err)
 		}
 	}
-	reg := prometheus.NewRegistry()
+	return set, nil
+}
 
-	hs, err := httpboot.New(httpboot.Options{Port: s.HTTPPort, Logger: log.With("server", "http"), Metrics: httpboot.NewMetrics(reg)})
+// openNix opens the store and the archive cache.
+func openNix(log *slog.Logger, n configs.Nix, reg prometheus.Registerer) (*httpboot.Nix, error) {
+	store, err := nixstore.New(nixstore.Options{
+		StoreDir: n.StoreDir, Root: n.StoreRoot, Backend: nixstore.BackendCLI, BuildArgs: n.BuildArgs,
+		ProfilesDir: n.ProfilesDir, ConfigurationsDir: n.ConfigurationsDir, GCRootsDir: n.GCRootsDir,
+		Logger: log.With("part", "nixstore"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	comp, err := cpiocache.ParseCompression(n.Compression)
+	if err != nil {
+		return nil, err
+	}
+	cache, err := cpiocache.Open(cpiocache.Options{
+		Dir: n.CacheDir, MaxBytes: n.CacheBytes, Compression: comp, FSRoot: n.StoreRoot,
+		Logger: log.With("part", "cpiocache"), Metrics: cpiocache.NewMetrics(reg),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w (set nix.cache_dir or --cache-dir to a writable directory)", err)
+	}
+	log.Info("nix store ready", "store", n.StoreDir, "cache", n.CacheDir, "cache_bytes", n.CacheBytes, "compression", comp)
+	return &httpboot.Nix{Store: store, Cache: cache, Compression: comp}, nil
+}
+
+// serve runs the ProxyDHCP, TFTP and HTTP servers until ctx ends.
+func serve(ctx context.Context, s settings, stderr io.Writer) error {
+	log, err := newLogger(stderr, s.LogFormat, s.LogLevel)
 	if err != nil {
 		return err
 	}
-	hs.SetPolicy(&httpboot.Policy{Booter: s.Booter, Firmware: set})
+	set, err := loadFirmware(log, s.Firmware)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	dp := &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg)}
-	dp.SetPolicy(&dhcpproxy.Policy{Booter: s.Booter, Firmware: set, URLs: hs})
+	sv := &server{log: log}
+	sv.hs, err = httpboot.New(httpboot.Options{Port: s.HTTPPort, Logger: log.With("server", "http"), Metrics: httpboot.NewMetrics(reg)})
+	if err != nil {
+		return err
+	}
+	if s.Nix.Used || s.NixNeeded {
+		nx, err := openNix(log, s.Nix, reg)
+		if err != nil {
+			return err
+		}
+		defer nx.Cache.Close()
+		sv.hs.SetNix(nx)
+	}
+	sv.dp = &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg)}
+	sv.install(s.Booter, set)
 
-	var src tftpd.Source = firmwareSource(set)
+	var src tftpd.Source = sv.tftpSource()
 	if s.TFTP.Root != "" {
 		src = tftpd.Chain(src, tftpd.Dir(s.TFTP.Root))
 	}
@@ -155,13 +223,13 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	hs.Handle("GET /metrics", promhttpHandler(reg))
+	sv.hs.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 
 	// Bind everything first: a port we cannot have fails the start.
-	if err := dp.Listen(ctx); err != nil {
+	if err := sv.dp.Listen(ctx); err != nil {
 		return err
 	}
-	defer dp.Close()
+	defer sv.dp.Close()
 	var lc net.ListenConfig
 	tconn, err := lc.ListenPacket(ctx, "udp4", "0.0.0.0:69")
 	if err != nil {
@@ -172,20 +240,19 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 		tconn.Close()
 		return fmt.Errorf("http: %w (set --port or http_port to a free port)", err)
 	}
-	log.Info("bootserve ready", "interface", dp.InterfaceName(), "address", dp.Address, "http", hln.Addr().String())
+	log.Info("bootserve ready", "interface", sv.dp.InterfaceName(), "address", sv.dp.Address, "http", hln.Addr().String())
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return dp.Serve(gctx) })
+	g.Go(func() error { return sv.dp.Serve(gctx) })
 	g.Go(func() error { return ts.Serve(gctx, tconn) })
-	g.Go(func() error { return hs.Serve(gctx, hln) })
+	g.Go(func() error { return sv.hs.Serve(gctx, hln) })
+	if s.ConfigPath != "" {
+		g.Go(func() error { sv.watchConfig(gctx, s); return nil })
+	}
 	err = g.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	log.Info("bootserve stopped")
 	return nil
-}
-
-func promhttpHandler(reg *prometheus.Registry) http.Handler {
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }

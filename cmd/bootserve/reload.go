@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"os"
+	"os/signal"
+	"reflect"
+	"syscall"
+	"time"
+
+	"github.com/bootserve/bootserve/configs"
+)
+
+// pollInterval is how often the config file is checked for changes; a
+// stat and, when it changed, a hash: cheap enough, and no inotify quirks
+// with editors that replace files.
+const pollInterval = 2 * time.Second
+
+// watchConfig reloads the config on SIGHUP and when the file changes. A bad
+// new file is refused with its file:line errors and the old one stays in
+// force. Settings that need new sockets (interface, address, ports, [nix],
+// [tftp]) only take effect at the next start; a reload says so.
+func (sv *server) watchConfig(ctx context.Context, start settings) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	lastSum := fileSum(start.ConfigPath)
+	current := start
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		var why string
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			why = "SIGHUP"
+		case <-tick.C:
+			sum := fileSum(start.ConfigPath)
+			if sum == nil || bytes.Equal(sum, lastSum) {
+				continue
+			}
+			lastSum = sum
+			why = "file changed"
+		}
+		next, ok := sv.reload(current, why)
+		if ok {
+			current = next
+			lastSum = fileSum(start.ConfigPath)
+		}
+	}
+}
+
+func fileSum(path string) []byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	s := sha256.Sum256(b)
+	return s[:]
+}
+
+// reload loads the config again and installs it; ok is false when the new
+// file was refused.
+func (sv *server) reload(cur settings, why string) (settings, bool) {
+	log := sv.log.With("config", cur.ConfigPath, "reason", why)
+	c, err := configs.Load(cur.ConfigPath)
+	if err != nil {
+		log.Error("config reload refused; the previous config stays in force", "err", err)
+		return cur, false
+	}
+	set, err := loadFirmware(sv.log, c.Firmware)
+	if err != nil {
+		log.Error("config reload refused; the previous config stays in force", "err", err)
+		return cur, false
+	}
+	old := cur.File
+	for key, changed := range map[string]bool{
+		"interface":  c.Interface != old.Interface,
+		"address":    c.Address != old.Address,
+		"http_port":  c.HTTPPort != old.HTTPPort,
+		"[nix]":      !reflect.DeepEqual(c.Nix, old.Nix),
+		"[tftp]":     !reflect.DeepEqual(c.TFTP, old.TFTP),
+		"log_level":  c.LogLevel != old.LogLevel,
+		"log_format": c.LogFormat != old.LogFormat,
+	} {
+		if changed {
+			log.Warn("changed setting takes effect at the next start", "key", key)
+		}
+	}
+	next := cur
+	next.File, next.Firmware, next.Booter = c, c.Firmware, c.Rules
+	sv.install(next.Booter, set)
+	log.Info("config reloaded", "rules", len(c.Rules.Rules), "default", c.Rules.Default != nil)
+	return next, true
+}
