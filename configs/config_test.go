@@ -43,6 +43,35 @@ func TestExampleLoads(t *testing.T) {
 	}
 }
 
+func TestHomelabExampleLoads(t *testing.T) {
+	src, err := os.ReadFile("homelab-rescue.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	store := "/nix/store/8a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-nixos-system-rescue-24.11"
+	files(t, dir, "iso/systemrescue-11.02-amd64.iso", "memdisk", "root"+store+"/init", "profiles/nas")
+	text := strings.NewReplacer(
+		"/srv/iso/", dir+"/iso/", "/usr/lib/syslinux/memdisk", dir+"/memdisk",
+		"/nix/var/nix/profiles/per-machine", dir+"/profiles", "/var/cache/bootserve", dir+"/cache",
+		"[nix]\n", "[nix]\nstore_root = \""+dir+"/root\"\n",
+	).Replace(string(src))
+	c, err := Parse(filepath.Join(dir, "homelab-rescue.toml"), text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := c.Rules.Default.Menu
+	if m == nil || len(m.Entries) != 4 || m.Default != 0 || m.TimeoutSeconds != 10 {
+		t.Fatalf("menu %+v", m)
+	}
+	if m.Entries[1].Target.Nix != store || m.Entries[2].Target.URL != dir+"/iso/systemrescue-11.02-amd64.iso" {
+		t.Errorf("entries %+v", m.Entries)
+	}
+	if r := c.Rules.Rules[0]; r.Target.Hostname != "nas-rescue" || r.Target.Nix != "nas" || !c.Nix.Used {
+		t.Errorf("nas rule %+v", r)
+	}
+}
+
 func TestRelativePaths(t *testing.T) {
 	dir := t.TempDir()
 	files(t, dir, "k/vmlinuz")

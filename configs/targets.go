@@ -153,8 +153,8 @@ func (l *loader) target(key string, tf *TargetFile, inMenu bool) *machines.Targe
 		}
 	case "chain":
 		t.Kind, t.URL = machines.KindChain, tf.Chain
-		if strings.ContainsAny(tf.Chain, " \r\n") {
-			l.errorf(key+".chain", "a URL has no spaces or line breaks")
+		if strings.ContainsAny(tf.Chain, "\r\n") {
+			l.errorf(key+".chain", "a URL has no line breaks")
 		}
 		if !strings.Contains(tf.Chain, "://") {
 			l.errorf(key+".chain", "%q is not a URL (want http://, https://, tftp://...)", tf.Chain)

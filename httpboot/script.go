@@ -203,6 +203,9 @@ func (s *Server) targetScript(ctx context.Context, b *scriptBuilder, base string
 		if err := oneLine("chain", u); err != nil {
 			return err
 		}
+		if strings.ContainsAny(u, " \t") {
+			return fmt.Errorf("%w: chain URL %q has spaces", errScript, u)
+		}
 		if strings.HasPrefix(u, "https://") {
 			// Debian's iPXE speaks no HTTPS: bootserve fetches it.
 			u = s.fileURL(base, u, imageName(u, "chain"), macString(id))

@@ -31,6 +31,21 @@ import (
 type Policy struct {
 	Booter   machines.Booter
 	Firmware *firmware.Set
+	// HTTPClient, if set, fetches remote files instead of the server's
+	// own client (an API server's trust settings, say).
+	HTTPClient *http.Client
+}
+
+// bootForgetter is a Booter that caches an answer for the length of a
+// boot; it is told when the boot no longer needs it (the script was served).
+type bootForgetter interface {
+	Forget(mac net.HardwareAddr)
+}
+
+// requestAuthorizer is a Booter that must see the requests bootserve
+// makes for the files it named (credentials for its own server).
+type requestAuthorizer interface {
+	AuthorizeRequest(req *http.Request)
 }
 
 // Stage names what a request was for, on the status page and in metrics.
@@ -381,6 +396,9 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 	}
 	s.emit(Event{Stage: StageScript, Phase: "done", MAC: id.MAC.String(), IP: id.IP, Name: "script", Target: t.Name, Status: http.StatusOK})
 	w.Write(script)
+	if f, ok := pol.Booter.(bootForgetter); ok {
+		f.Forget(id.MAC)
+	}
 }
 
 func (s *Server) handleFirmware(w http.ResponseWriter, r *http.Request) {
@@ -483,7 +501,16 @@ func (s *Server) serveRemote(w http.ResponseWriter, r *http.Request, src string,
 			req.Header.Set(h, v)
 		}
 	}
-	resp, err := s.opts.HTTPClient.Do(req)
+	client := s.opts.HTTPClient
+	if pol := s.policy.Load(); pol != nil {
+		if a, ok := pol.Booter.(requestAuthorizer); ok {
+			a.AuthorizeRequest(req)
+		}
+		if pol.HTTPClient != nil {
+			client = pol.HTTPClient
+		}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		s.log.Warn("fetch remote boot file", "url", src, "err", err)
 		http.Error(w, "upstream fetch failed", http.StatusBadGateway)

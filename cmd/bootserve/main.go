@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/bootserve/bootserve/configs"
 	"github.com/bootserve/bootserve/firmware"
@@ -31,6 +32,8 @@ Usage:
   bootserve nix STORE-PATH|PROFILE [flags]
       boot every PXE client into a NixOS system from the Nix store (a
       profile is resolved at each boot); also serves nix-netboot-serve's URLs
+  bootserve api URL [flags]
+      ask a pixiecore-style API server (GET URL/v1/boot/MAC) what to boot
   bootserve serve --config FILE [flags]
       serve what FILE (TOML) says each machine boots
   bootserve check --config FILE
@@ -68,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdServe(ctx, args[1:], stderr)
 	case "nix":
 		err = cmdNix(ctx, args[1:], stderr)
+	case "api":
+		err = cmdAPI(ctx, args[1:], stderr)
 	case "check":
 		err = cmdCheck(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
@@ -175,6 +180,39 @@ func cmdBoot(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	s := settings{Firmware: fw, Booter: machines.Static{T: t}}
+	if err := s.apply(cf); err != nil {
+		return err
+	}
+	return serve(ctx, s, stderr)
+}
+
+func cmdAPI(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("api", stderr, "Usage: bootserve api URL [flags]\n\nAsk a pixiecore-style API server what each machine boots: GET URL/v1/boot/<mac>\n(with ?arch= and ?uuid=), pixiecore's documented protocol, asked once per boot.\n\n")
+	var cf commonFlags
+	cf.register(fs)
+	var api configs.API
+	fs.DurationVar(&api.Timeout, "api-timeout", 5*time.Second, "how long to wait for the API server")
+	fs.StringVar(&api.Username, "api-username", "", "HTTP basic auth user for the API server")
+	passFile := fs.String("api-password-file", "", "file holding the basic auth password (or set PIXIECORE_API_PASSWORD)")
+	fs.StringVar(&api.CACert, "api-ca-cert", "", "PEM file of CAs to trust for the API server's certificate")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	api.URL = pos[0]
+	api.Password = os.Getenv("PIXIECORE_API_PASSWORD")
+	if *passFile != "" {
+		b, err := os.ReadFile(*passFile)
+		if err != nil {
+			return fmt.Errorf("--api-password-file: %w", err)
+		}
+		api.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	s := settings{API: api}
 	if err := s.apply(cf); err != nil {
 		return err
 	}

@@ -91,8 +91,11 @@ func (sv *server) reload(cur settings, why string) (settings, bool) {
 		}
 	}
 	next := cur
-	next.File, next.Firmware, next.Booter = c, c.Firmware, c.Rules
-	sv.install(next.Booter, set)
+	next.File, next.Firmware, next.Booter, next.API = c, c.Firmware, c.Rules, c.API
+	if err := sv.install(next, set); err != nil {
+		log.Error("config reload refused; the previous config stays in force", "err", err)
+		return cur, false
+	}
 	log.Info("config reloaded", "rules", len(c.Rules.Rules), "default", c.Rules.Default != nil)
 	return next, true
 }

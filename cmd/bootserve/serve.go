@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,6 +29,7 @@ import (
 	"github.com/bootserve/bootserve/httpboot"
 	"github.com/bootserve/bootserve/machines"
 	"github.com/bootserve/bootserve/nixstore"
+	"github.com/bootserve/bootserve/pixieapi"
 	"github.com/bootserve/bootserve/tftpd"
 )
 
@@ -48,14 +50,17 @@ type settings struct {
 	// NixNeeded opens the store and the cache even if no target names Nix
 	// (the /boot and /dispatch routes of `bootserve nix`).
 	NixNeeded bool
-	Booter    machines.Booter
+	// API, when its URL is set, asks a pixiecore-style API server what to
+	// boot instead of Booter.
+	API    configs.API
+	Booter machines.Booter
 }
 
 func settingsFromConfig(c *configs.Config) settings {
 	return settings{
 		ConfigPath: c.Path, File: c, Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort,
 		LogLevel: c.LogLevel, LogFormat: c.LogFormat, Firmware: c.Firmware, TFTP: c.TFTP, Nix: c.Nix,
-		Booter: c.Rules,
+		API: c.API, Booter: c.Rules,
 	}
 }
 
@@ -135,11 +140,31 @@ func (sv *server) tftpSource() tftpd.Source {
 	})
 }
 
-// install makes the servers answer with a new booter and firmware set.
-func (sv *server) install(b machines.Booter, set *firmware.Set) {
+// install makes the servers answer with what s says and a firmware set.
+func (sv *server) install(s settings, set *firmware.Set) error {
+	b := s.Booter
+	var client *http.Client
+	if s.API.URL != "" {
+		api, err := pixieapi.New(pixieapi.Config{
+			URL: s.API.URL, Timeout: s.API.Timeout, Username: s.API.Username, Password: s.API.Password,
+			CACertFile: s.API.CACert, Logger: sv.log.With("part", "api"), ServerIP: func() netip.Addr { return sv.dp.Address },
+		})
+		if err != nil {
+			return err
+		}
+		b = api
+		// Files on the API server get its trust settings, and redirects
+		// away from it lose its credentials.
+		client = &http.Client{
+			Transport:     &http.Transport{TLSClientConfig: api.TLSConfig(), ResponseHeaderTimeout: 30 * time.Second, Proxy: http.ProxyFromEnvironment},
+			CheckRedirect: api.CheckRedirect,
+		}
+		sv.log.Info("asking the API server what to boot", "url", s.API.URL)
+	}
 	sv.fw.Store(set)
 	sv.dp.SetPolicy(&dhcpproxy.Policy{Booter: b, Firmware: set, URLs: sv.hs})
-	sv.hs.SetPolicy(&httpboot.Policy{Booter: b, Firmware: set})
+	sv.hs.SetPolicy(&httpboot.Policy{Booter: b, Firmware: set, HTTPClient: client})
+	return nil
 }
 
 func loadFirmware(log *slog.Logger, cfg firmware.Config) (*firmware.Set, error) {
@@ -210,7 +235,9 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 		sv.hs.SetNix(nx)
 	}
 	sv.dp = &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg)}
-	sv.install(s.Booter, set)
+	if err := sv.install(s, set); err != nil {
+		return err
+	}
 
 	var src tftpd.Source = sv.tftpSource()
 	if s.TFTP.Root != "" {
