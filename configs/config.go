@@ -52,6 +52,7 @@ type TFTPFile struct {
 // NixFile is the [nix] table.
 type NixFile struct {
 	StoreDir          string   `toml:"store_dir"`
+	StoreBackend      string   `toml:"store_backend"`
 	StoreRoot         string   `toml:"store_root"`
 	CacheDir          string   `toml:"cache_dir"`
 	CacheSize         Size     `toml:"cache_size"`
@@ -195,7 +196,10 @@ type TFTP struct {
 
 // Nix is the checked [nix] table.
 type Nix struct {
-	StoreDir          string
+	StoreDir string
+	// Backend is "cli" (ask Nix) or "scan" (read a store without a Nix
+	// database; references found by scanning files, as Nix does).
+	Backend           string
 	StoreRoot         string
 	CacheDir          string
 	CacheBytes        int64
@@ -490,7 +494,7 @@ func (l *loader) checkFirmware(f *File, c *Config) {
 
 func (l *loader) nixSection(nf *NixFile) Nix {
 	n := Nix{
-		StoreDir: nf.StoreDir, StoreRoot: l.path(nf.StoreRoot), CacheDir: l.path(nf.CacheDir), CacheBytes: nf.CacheSize.Bytes,
+		StoreDir: nf.StoreDir, Backend: nf.StoreBackend, StoreRoot: l.path(nf.StoreRoot), CacheDir: l.path(nf.CacheDir), CacheBytes: nf.CacheSize.Bytes,
 		Compression: nf.Compression, ProfilesDir: l.path(nf.ProfilesDir), ConfigurationsDir: l.path(nf.ConfigurationsDir),
 		GCRootsDir: l.path(nf.GCRootsDir), BuildArgs: nf.BuildArgs,
 	}
@@ -499,6 +503,13 @@ func (l *loader) nixSection(nf *NixFile) Nix {
 	}
 	if !filepath.IsAbs(n.StoreDir) || filepath.Clean(n.StoreDir) != n.StoreDir {
 		l.errorf("nix.store_dir", "%q must be a clean absolute path", nf.StoreDir)
+	}
+	switch n.Backend {
+	case "":
+		n.Backend = "cli"
+	case "cli", "scan":
+	default:
+		l.errorf("nix.store_backend", "%q is not cli or scan", nf.StoreBackend)
 	}
 	if n.CacheDir == "" {
 		n.CacheDir = DefaultCacheDir

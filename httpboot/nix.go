@@ -32,8 +32,18 @@ type Nix struct {
 	// Compression of the base member (members use the cache's).
 	Compression cpiocache.Compression
 
-	mu   sync.Mutex
-	base map[string][]byte // top level → base member; immutable once built
+	mu     sync.Mutex
+	base   map[string][]byte // top level → base member; immutable once built
+	shared map[string]*sharedInitrd
+}
+
+// sharedInitrd is one assembled initrd used by every client booting the
+// same system at once: a Concat holds one open file per store path, and a
+// boot storm of one closure should cost those descriptors once, not once
+// per client.
+type sharedInitrd struct {
+	c     *cpiocache.Concat
+	users int
 }
 
 // maxBases bounds the base members kept in memory (a few KB to a few MB
@@ -72,8 +82,8 @@ func (n *Nix) baseMember(ctx context.Context, top string, closure []string) ([]b
 	return b, nil
 }
 
-// initrd assembles a system's initrd; the caller closes it.
-func (n *Nix) initrd(ctx context.Context, top string) (*cpiocache.Concat, error) {
+// assemble builds a system's initrd; the caller closes it.
+func (n *Nix) assemble(ctx context.Context, top string) (*cpiocache.Concat, error) {
 	closure, err := n.Store.Closure(ctx, top)
 	if err != nil {
 		return nil, err
@@ -83,6 +93,49 @@ func (n *Nix) initrd(ctx context.Context, top string) (*cpiocache.Concat, error)
 		return nil, err
 	}
 	return n.Cache.Initrd(ctx, base, closure)
+}
+
+// initrd returns the system's initrd, shared with other clients booting it
+// now; call release when done with it.
+func (n *Nix) initrd(ctx context.Context, top string) (c *cpiocache.Concat, release func(), err error) {
+	n.mu.Lock()
+	if sh, ok := n.shared[top]; ok {
+		sh.users++
+		n.mu.Unlock()
+		return sh.c, func() { n.release(top, sh) }, nil
+	}
+	n.mu.Unlock()
+	c, err = n.assemble(ctx, top)
+	if err != nil {
+		return nil, nil, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if sh, ok := n.shared[top]; ok {
+		// Another client assembled it meanwhile: use that one.
+		c.Close()
+		sh.users++
+		return sh.c, func() { n.release(top, sh) }, nil
+	}
+	if n.shared == nil {
+		n.shared = map[string]*sharedInitrd{}
+	}
+	sh := &sharedInitrd{c: c, users: 1}
+	n.shared[top] = sh
+	return c, func() { n.release(top, sh) }, nil
+}
+
+func (n *Nix) release(top string, sh *sharedInitrd) {
+	n.mu.Lock()
+	sh.users--
+	last := sh.users == 0
+	if last && n.shared[top] == sh {
+		delete(n.shared, top)
+	}
+	n.mu.Unlock()
+	if last {
+		sh.c.Close()
+	}
 }
 
 // SetNix enables the Nix routes and targets.
@@ -151,13 +204,13 @@ func (s *Server) handleNixBoot(w http.ResponseWriter, r *http.Request) {
 		s.serveTracked(w, r, fileBody{f: f, size: st.Size()}, s.nixEvent(r, StageKernel, "bzImage"), `"`+path.Base(tl.Kernel)+`"`, time.Time{})
 	case "initrd":
 		setRoute(r, "nix_initrd")
-		c, err := s.nix.initrd(r.Context(), top)
+		c, release, err := s.nix.initrd(r.Context(), top)
 		if err != nil {
 			s.log.Warn("assemble initrd", "system", top, "err", err)
 			nixHTTPError(w, err)
 			return
 		}
-		defer c.Close()
+		defer release()
 		s.serveTracked(w, r, concatBody{c}, s.nixEvent(r, StageInitrd, "initrd"), `"`+name+"-"+s.nix.Compression.String()+`"`, time.Time{})
 	default:
 		setRoute(r, "nix")
@@ -220,7 +273,7 @@ func (s *Server) nixLines(b *scriptBuilder, base, top string, q url.Values) erro
 func (s *Server) warm(top string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	c, err := s.nix.initrd(ctx, top)
+	c, err := s.nix.assemble(ctx, top)
 	if err != nil {
 		s.log.Warn("prepare initrd", "system", top, "err", err)
 		return

@@ -319,6 +319,7 @@ func cmdNix(ctx context.Context, args []string, stderr io.Writer) error {
 	n := configs.Nix{StoreDir: nixstore.DefaultStoreDir, CacheDir: configs.DefaultCacheDir, CacheBytes: configs.DefaultCacheSize, Compression: "zstd"}
 	fs.StringVar(&n.StoreDir, "store-dir", n.StoreDir, "the Nix store directory")
 	fs.StringVar(&n.StoreRoot, "store-root", "", "filesystem prefix of a chroot store (nix --store DIR)")
+	fs.StringVar(&n.Backend, "store-backend", "cli", "how to read the store: cli (ask Nix) or scan (a store without a Nix database, e.g. a copied closure: references found by scanning files)")
 	fs.StringVar(&n.CacheDir, "cache-dir", n.CacheDir, "where compressed archives of store paths are kept")
 	cacheSize := fs.String("cache-size", "10GiB", "cache size limit (least recently used archives go first)")
 	fs.StringVar(&n.Compression, "compression", n.Compression, "archive compression: zstd, or gzip for kernels older than 5.9")

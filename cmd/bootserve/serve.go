@@ -185,8 +185,12 @@ func loadFirmware(log *slog.Logger, cfg firmware.Config) (*firmware.Set, error) 
 
 // openNix opens the store and the archive cache.
 func openNix(log *slog.Logger, n configs.Nix, reg prometheus.Registerer) (*httpboot.Nix, error) {
+	backend := nixstore.BackendCLI
+	if n.Backend == "scan" {
+		backend = nixstore.BackendScan
+	}
 	store, err := nixstore.New(nixstore.Options{
-		StoreDir: n.StoreDir, Root: n.StoreRoot, Backend: nixstore.BackendCLI, BuildArgs: n.BuildArgs,
+		StoreDir: n.StoreDir, Root: n.StoreRoot, Backend: backend, BuildArgs: n.BuildArgs,
 		ProfilesDir: n.ProfilesDir, ConfigurationsDir: n.ConfigurationsDir, GCRootsDir: n.GCRootsDir,
 		Logger: log.With("part", "nixstore"),
 	})
