@@ -32,6 +32,7 @@ type File struct {
 	HTTPPort  int             `toml:"http_port"`
 	LogLevel  string          `toml:"log_level"`
 	LogFormat string          `toml:"log_format"`
+	User      string          `toml:"user"`
 	Firmware  firmware.Config `toml:"firmware"`
 	TFTP      TFTPFile        `toml:"tftp"`
 	Nix       NixFile         `toml:"nix"`
@@ -177,6 +178,7 @@ type Config struct {
 	HTTPPort  int
 	LogLevel  slog.Level
 	LogFormat string
+	User      string
 	Firmware  firmware.Config
 	TFTP      TFTP
 	Nix       Nix
@@ -323,7 +325,7 @@ func Parse(path, src string) (*Config, error) {
 }
 
 func (l *loader) check(f *File) *Config {
-	c := &Config{Interface: f.Interface, HTTPPort: f.HTTPPort, LogFormat: f.LogFormat, Firmware: f.Firmware}
+	c := &Config{Interface: f.Interface, HTTPPort: f.HTTPPort, LogFormat: f.LogFormat, User: f.User, Firmware: f.Firmware}
 	if f.Address != "" {
 		a, err := netip.ParseAddr(f.Address)
 		if err != nil || !a.Is4() {

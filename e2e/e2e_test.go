@@ -116,6 +116,10 @@ func bootOnce(t *testing.T, fw netlab.Firmware) {
 	if n := checkProxyReplies(t, r.Pcap, lab.ServerIP().AsSlice()); n == 0 {
 		t.Errorf("no ProxyDHCP reply from bootserve in %s", r.Pcap)
 	}
+	// Started as root, bootserve serves as nobody once its ports are bound.
+	if uid := processUID(t, srv.Cmd.Process.Pid); uid != "65534" {
+		t.Errorf("bootserve runs as uid %s, want nobody (65534)", uid)
+	}
 	out := srv.Output()
 	switch fw {
 	case netlab.UEFI:
@@ -136,6 +140,22 @@ func bootOnce(t *testing.T, fw netlab.Firmware) {
 			t.Error("no script request in the log")
 		}
 	}
+}
+
+// processUID reads the real uid of a process.
+func processUID(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+			return f[1]
+		}
+	}
+	t.Fatalf("no Uid line in /proc/%d/status", pid)
+	return ""
 }
 
 func TestBootBIOS(t *testing.T) { bootOnce(t, netlab.BIOS) }

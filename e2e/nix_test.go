@@ -39,7 +39,9 @@ var nixMarkerRE = regexp.MustCompile(`NIX-NETBOOT-OK marker=(\S+) paths=(\S+) cm
 func TestNixClosureBoot(t *testing.T) {
 	lab := netlab.New(t, netlab.Options{})
 	sys := buildTestSystem(t, "e2e-"+lab.ID)
-	startBootserve(t, lab, "nix", sys.TopLevel, "--cache-dir", t.TempDir(), "--cmdline", "bootserve.extra=1")
+	// Debian's Nix is single-user and owned by root: only root may query
+	// it, so this test serves as root, which bootserve does only when told.
+	startBootserve(t, lab, "nix", sys.TopLevel, "--cache-dir", t.TempDir(), "--cmdline", "bootserve.extra=1", "--user", "root", "--allow-root")
 	for _, fw := range []netlab.Firmware{netlab.BIOS, netlab.UEFI} {
 		t.Run(fw.String(), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

@@ -129,11 +129,39 @@ type MenuEntry struct {
 	Target Target
 }
 
+// LocalFiles lists the local files the target serves (kernel, initrds,
+// ISO, menu entries'), so a server can check it may read them.
+func (t *Target) LocalFiles() []string {
+	var out []string
+	add := func(p string) {
+		if p != "" && !strings.Contains(p, "://") {
+			out = append(out, p)
+		}
+	}
+	switch t.Kind {
+	case KindKernel:
+		add(t.Kernel)
+		for _, p := range t.Initrds {
+			add(p)
+		}
+	case KindISO:
+		add(t.URL)
+	case KindMenu:
+		for _, e := range t.Menu.Entries {
+			out = append(out, e.Target.LocalFiles()...)
+		}
+	}
+	return out
+}
+
 // Static is a Booter that boots every machine into the same target, like
 // `pixiecore boot`.
 type Static struct {
 	T Target
 }
+
+// LocalFiles lists the local files of the target.
+func (s Static) LocalFiles() []string { return s.T.LocalFiles() }
 
 // Target returns a copy of the static target.
 func (s Static) Target(context.Context, Identity) (*Target, error) {

@@ -161,3 +161,15 @@ func (t *Table) CheckTies() []Tie {
 	}
 	return ties
 }
+
+// LocalFiles lists the local files of every target in the table.
+func (t *Table) LocalFiles() []string {
+	var out []string
+	for i := range t.Rules {
+		out = append(out, t.Rules[i].Target.LocalFiles()...)
+	}
+	if t.Default != nil {
+		out = append(out, t.Default.LocalFiles()...)
+	}
+	return out
+}

@@ -45,6 +45,8 @@ Common flags:
   --port N             HTTP port (default 80)
   --debug, -d          debug logging
   --log-format F       text or json
+  --user NAME          user to serve as after binding ports (default nobody)
+  --allow-root         allow --user root
 
 Run "bootserve COMMAND --help" for a command's flags.
 `
@@ -99,6 +101,8 @@ type commonFlags struct {
 	port       int
 	debug      bool
 	logFormat  string
+	user       string
+	allowRoot  bool
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
@@ -108,6 +112,8 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.debug, "debug", false, "log debug messages")
 	fs.BoolVar(&c.debug, "d", false, "short for --debug")
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: text or json")
+	fs.StringVar(&c.user, "user", "", `user to serve as once ports are bound, when started as root (default "nobody")`)
+	fs.BoolVar(&c.allowRoot, "allow-root", false, "allow serving as root (--user root)")
 }
 
 // parseInterspersed parses flags placed anywhere among the positional

@@ -26,8 +26,9 @@ func (sv *server) watchConfig(ctx context.Context, start settings) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	lastSum := fileSum(start.ConfigPath)
+	lastSum, _ := fileSum(start.ConfigPath)
 	current := start
+	var lastErr string
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
@@ -38,8 +39,18 @@ func (sv *server) watchConfig(ctx context.Context, start settings) {
 		case <-hup:
 			why = "SIGHUP"
 		case <-tick.C:
-			sum := fileSum(start.ConfigPath)
-			if sum == nil || bytes.Equal(sum, lastSum) {
+			sum, err := fileSum(start.ConfigPath)
+			if err != nil {
+				// Say it once, not every tick: a file bootserve can no
+				// longer read (after dropping privileges) is not watched.
+				if err.Error() != lastErr {
+					sv.log.Error("cannot read the config file to watch it for changes", "err", err)
+					lastErr = err.Error()
+				}
+				continue
+			}
+			lastErr = ""
+			if bytes.Equal(sum, lastSum) {
 				continue
 			}
 			lastSum = sum
@@ -48,18 +59,18 @@ func (sv *server) watchConfig(ctx context.Context, start settings) {
 		next, ok := sv.reload(current, why)
 		if ok {
 			current = next
-			lastSum = fileSum(start.ConfigPath)
+			lastSum, _ = fileSum(start.ConfigPath)
 		}
 	}
 }
 
-func fileSum(path string) []byte {
+func fileSum(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	s := sha256.Sum256(b)
-	return s[:]
+	return s[:], nil
 }
 
 // reload loads the config again and installs it; ok is false when the new

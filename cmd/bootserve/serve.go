@@ -44,9 +44,13 @@ type settings struct {
 	HTTPPort   int
 	LogLevel   slog.Level
 	LogFormat  string
-	Firmware   firmware.Config
-	TFTP       configs.TFTP
-	Nix        configs.Nix
+	// User is who to serve as once ports are bound (started as root);
+	// AllowRoot permits User "root".
+	User      string
+	AllowRoot bool
+	Firmware  firmware.Config
+	TFTP      configs.TFTP
+	Nix       configs.Nix
 	// NixNeeded opens the store and the cache even if no target names Nix
 	// (the /boot and /dispatch routes of `bootserve nix`).
 	NixNeeded bool
@@ -59,7 +63,7 @@ type settings struct {
 func settingsFromConfig(c *configs.Config) settings {
 	return settings{
 		ConfigPath: c.Path, File: c, Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort,
-		LogLevel: c.LogLevel, LogFormat: c.LogFormat, Firmware: c.Firmware, TFTP: c.TFTP, Nix: c.Nix,
+		LogLevel: c.LogLevel, LogFormat: c.LogFormat, User: c.User, Firmware: c.Firmware, TFTP: c.TFTP, Nix: c.Nix,
 		API: c.API, Booter: c.Rules,
 	}
 }
@@ -89,6 +93,10 @@ func (s *settings) apply(cf commonFlags) error {
 	if cf.logFormat != "" {
 		s.LogFormat = cf.logFormat
 	}
+	if cf.user != "" {
+		s.User = cf.user
+	}
+	s.AllowRoot = s.AllowRoot || cf.allowRoot
 	return nil
 }
 
@@ -188,6 +196,8 @@ func openNix(log *slog.Logger, n configs.Nix, reg prometheus.Registerer) (*httpb
 	backend := nixstore.BackendCLI
 	if n.Backend == "scan" {
 		backend = nixstore.BackendScan
+	} else if err := checkNixAccess(n.StoreRoot); err != nil {
+		return nil, err
 	}
 	store, err := nixstore.New(nixstore.Options{
 		StoreDir: n.StoreDir, Root: n.StoreRoot, Backend: backend, BuildArgs: n.BuildArgs,
@@ -230,13 +240,15 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if s.Nix.Used || s.NixNeeded {
-		nx, err := openNix(log, s.Nix, reg)
-		if err != nil {
-			return err
+	acct, err := targetAccount(s.User, s.AllowRoot)
+	if err != nil {
+		return err
+	}
+	useNix := s.Nix.Used || s.NixNeeded
+	if useNix {
+		if err := acct.prepareDir(s.Nix.CacheDir); err != nil {
+			return fmt.Errorf("cache dir %s: %w", s.Nix.CacheDir, err)
 		}
-		defer nx.Cache.Close()
-		sv.hs.SetNix(nx)
 	}
 	sv.dp = &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg)}
 	if err := sv.install(s, set); err != nil {
@@ -270,6 +282,29 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	if err != nil {
 		tconn.Close()
 		return fmt.Errorf("http: %w (set --port or http_port to a free port)", err)
+	}
+	// Ports are bound: nothing below needs root.
+	if err := acct.drop(log); err != nil {
+		tconn.Close()
+		hln.Close()
+		return err
+	}
+	if f, ok := s.Booter.(interface{ LocalFiles() []string }); ok {
+		if err := checkReadableAll(f.LocalFiles()); err != nil {
+			tconn.Close()
+			hln.Close()
+			return err
+		}
+	}
+	if useNix {
+		nx, err := openNix(log, s.Nix, reg)
+		if err != nil {
+			tconn.Close()
+			hln.Close()
+			return err
+		}
+		defer nx.Cache.Close()
+		sv.hs.SetNix(nx)
 	}
 	log.Info("bootserve ready", "interface", sv.dp.InterfaceName(), "address", sv.dp.Address, "http", hln.Addr().String())
 
