@@ -6,7 +6,7 @@ BIN       ?= bin/bootserve
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 # Debian packages the tests and the demo run against (real peers, real firmware).
 DEB_PKGS  := qemu-system-x86 qemu-utils ovmf ipxe ipxe-qemu dnsmasq-base busybox-static \
-             cpio iproute2 tcpdump nix-bin zstd tftp-hpa curl ca-certificates
+             cpio iproute2 tcpdump nix-bin zstd tftp-hpa curl ca-certificates chromium systemd
 # How long each fuzz target runs in `make test` (longer runs: make fuzz FUZZTIME=10m).
 FUZZTIME  ?= 10s
 
@@ -26,7 +26,9 @@ firmware:
 deps:
 	scripts/install-deps.sh $(DEB_PKGS)
 
-lint:
+lint: build
+	sed 's#/usr/local/bin/bootserve#$(CURDIR)/$(BIN)#' contrib/bootserve.service > $(BIN).service
+	systemd-analyze verify $(BIN).service
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	test -x $(GOBIN)/staticcheck || $(GO) install honnef.co/go/tools/cmd/staticcheck@latest

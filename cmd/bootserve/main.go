@@ -38,6 +38,8 @@ Usage:
       serve what FILE (TOML) says each machine boots
   bootserve check --config FILE
       check FILE and print what each machine would boot
+  bootserve warm --config FILE
+      build every archive the config's Nix targets need (with progress), then exit
 
 Common flags:
   --interface NAME     interface for ProxyDHCP (default: the default route's)
@@ -77,6 +79,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdAPI(ctx, args[1:], stderr)
 	case "check":
 		err = cmdCheck(args[1:], stdout, stderr)
+	case "warm":
+		err = cmdWarm(ctx, args[1:], stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -249,6 +253,36 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	return serve(ctx, s, stderr)
 }
 
+func cmdWarm(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("warm", stderr, "Usage: bootserve warm --config FILE\n\nBuild every archive the Nix targets of FILE need now (profiles as they resolve\nnow, configurations built now), so the first boots are fast.\n\n")
+	path := fs.String("config", "", "TOML config file")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		fs.Usage()
+		return errUsage
+	}
+	c, err := configs.Load(*path)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, c.LogFormat, c.LogLevel)
+	if err != nil {
+		return err
+	}
+	if !c.Nix.Used {
+		log.Info("no Nix targets in the config: nothing to warm")
+		return nil
+	}
+	nx, err := openNix(log, c.Nix, nil)
+	if err != nil {
+		return err
+	}
+	defer nx.Cache.Close()
+	return warmAll(ctx, log, nx, c.Rules, stderr)
+}
+
 func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr, "Usage: bootserve check --config FILE\n\n")
 	path := fs.String("config", "", "TOML config file")
@@ -353,7 +387,7 @@ func cmdNix(ctx context.Context, args []string, stderr io.Writer) error {
 	} else if _, err := os.Lstat(filepath.Join(n.ProfilesDir, pos[0])); err != nil {
 		return fmt.Errorf("profile %q: %w (give a store path, or set --profiles-dir)", pos[0], err)
 	}
-	s := settings{Nix: n, NixNeeded: true, Booter: machines.Static{T: t}}
+	s := settings{Nix: n, NixNeeded: true, WarmFirst: true, Booter: machines.Static{T: t}}
 	if err := s.apply(cf); err != nil {
 		return err
 	}

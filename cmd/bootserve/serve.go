@@ -54,6 +54,8 @@ type settings struct {
 	// NixNeeded opens the store and the cache even if no target names Nix
 	// (the /boot and /dispatch routes of `bootserve nix`).
 	NixNeeded bool
+	// WarmFirst builds every archive the Nix targets need before serving.
+	WarmFirst bool
 	// API, when its URL is set, asks a pixiecore-style API server what to
 	// boot instead of Booter.
 	API    configs.API
@@ -305,6 +307,13 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 		}
 		defer nx.Cache.Close()
 		sv.hs.SetNix(nx)
+		if s.WarmFirst {
+			if err := warmAll(ctx, log, nx, s.Booter, stderr); err != nil {
+				tconn.Close()
+				hln.Close()
+				return err
+			}
+		}
 	}
 	log.Info("bootserve ready", "interface", sv.dp.InterfaceName(), "address", sv.dp.Address, "http", hln.Addr().String())
 
