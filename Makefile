@@ -15,7 +15,7 @@ FUZZTIME  ?= 10s
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/bootserve
+	$(GO) build -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o $(BIN) ./cmd/bootserve
 
 # Extract Debian's iPXE builds without installing the package, so `go build`
 # embeds them and the binary is self-contained.

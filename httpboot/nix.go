@@ -289,7 +289,8 @@ func (s *Server) nixScript(base, top string, q url.Values) ([]byte, error) {
 	if err := s.nixLines(&b, base, top, q); err != nil {
 		return nil, err
 	}
-	retryTail(&b, base+"/boot/"+path.Base(top)+"/netboot.ipxe")
+	// The retry keeps the query: a retried boot gets the same command line.
+	retryTail(&b, base+(&url.URL{Path: "/boot/" + path.Base(top) + "/netboot.ipxe", RawQuery: q.Encode()}).String())
 	return b.Bytes(), nil
 }
 

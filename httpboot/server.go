@@ -162,8 +162,18 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Handle adds a route (other packages' pages: status, metrics, Nix).
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+// Handle adds a route for another package's pages (status, metrics);
+// route names it in metrics and logs. Routes whose name is in quietRoutes
+// are logged at debug level: a status page polling or streaming would
+// otherwise fill the log.
+func (s *Server) Handle(pattern, route string, h http.Handler) {
+	s.mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		setRoute(r, route)
+		h.ServeHTTP(w, r)
+	}))
+}
+
+func quietRoute(name string) bool { return name == "status" || name == "metrics" }
 
 // SetPolicy installs what the server answers with; safe at any time.
 func (s *Server) SetPolicy(p *Policy) { s.policy.Store(p) }
@@ -272,8 +282,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.m.Requests.WithLabelValues(ri.name, strconv.Itoa(code)).Inc()
 	s.m.Bytes.WithLabelValues(ri.name).Add(float64(tw.bytes))
 	lvl := slog.LevelInfo
-	if code >= 400 {
+	switch {
+	case code >= 400:
 		lvl = slog.LevelWarn
+	case quietRoute(ri.name):
+		lvl = slog.LevelDebug
 	}
 	s.log.Log(r.Context(), lvl, "http", "method", r.Method, "path", logPath(r.URL), "status", code,
 		"bytes", tw.bytes, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr, "route", ri.name)

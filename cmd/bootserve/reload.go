@@ -107,6 +107,7 @@ func (sv *server) reload(cur settings, why string) (settings, bool) {
 		log.Error("config reload refused; the previous config stays in force", "err", err)
 		return cur, false
 	}
+	sv.summarize(next, set)
 	log.Info("config reloaded", "rules", len(c.Rules.Rules), "default", c.Rules.Default != nil)
 	return next, true
 }

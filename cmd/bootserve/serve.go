@@ -30,6 +30,7 @@ import (
 	"github.com/bootserve/bootserve/machines"
 	"github.com/bootserve/bootserve/nixstore"
 	"github.com/bootserve/bootserve/pixieapi"
+	"github.com/bootserve/bootserve/status"
 	"github.com/bootserve/bootserve/tftpd"
 )
 
@@ -133,10 +134,33 @@ func checkReadable(p string) error {
 
 // server is the running servers and what a reload swaps.
 type server struct {
-	log *slog.Logger
-	dp  *dhcpproxy.Server
-	hs  *httpboot.Server
-	fw  atomic.Pointer[firmware.Set]
+	log      *slog.Logger
+	status   *status.Tracker
+	dp       *dhcpproxy.Server
+	hs       *httpboot.Server
+	fw       atomic.Pointer[firmware.Set]
+	started  time.Time
+	httpPort int
+}
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+// summarize tells the status page what this server is.
+func (sv *server) summarize(s settings, set *firmware.Set) {
+	if sv.started.IsZero() {
+		sv.started = time.Now()
+		sv.httpPort = s.HTTPPort
+	}
+	c := status.ConfigSummary{
+		Version: version, Interface: sv.dp.InterfaceName(), Address: sv.dp.Address.String(),
+		Services:     []status.Service{{Name: "ProxyDHCP", Ports: []int{67, 4011}}, {Name: "TFTP", Ports: []int{69}}, {Name: "HTTP", Ports: []int{sv.httpPort}}},
+		BootPrograms: status.BootProgramsOf(set), APIURL: s.API.URL, ConfigFile: s.ConfigPath, Started: sv.started,
+	}
+	if t, ok := s.Booter.(*machines.Table); ok && s.API.URL == "" {
+		c.Rules = len(t.Rules)
+	}
+	sv.status.SetConfigSummary(c)
 }
 
 // tftpSource serves the current boot programs by the names DHCP gave.
@@ -230,15 +254,17 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st := status.New(status.Options{Metrics: status.NewMetrics(reg), Logger: log.With("part", "status")})
+	log = slog.New(newTee(log.Handler(), st))
 	set, err := loadFirmware(log, s.Firmware)
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	sv := &server{log: log}
-	sv.hs, err = httpboot.New(httpboot.Options{Port: s.HTTPPort, Logger: log.With("server", "http"), Metrics: httpboot.NewMetrics(reg)})
+	sv := &server{log: log, status: st}
+	sv.hs, err = httpboot.New(httpboot.Options{Port: s.HTTPPort, Logger: log.With("server", "http"), Metrics: httpboot.NewMetrics(reg), OnEvent: st.HTTP})
 	if err != nil {
 		return err
 	}
@@ -252,7 +278,7 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 			return fmt.Errorf("cache dir %s: %w", s.Nix.CacheDir, err)
 		}
 	}
-	sv.dp = &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg)}
+	sv.dp = &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg), OnEvent: st.DHCP}
 	if err := sv.install(s, set); err != nil {
 		return err
 	}
@@ -262,13 +288,17 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 		src = tftpd.Chain(src, tftpd.Dir(s.TFTP.Root))
 	}
 	ts, err := tftpd.New(tftpd.Config{
-		Source: src, Logger: log.With("server", "tftp"), Metrics: tftpd.NewMetrics(reg),
+		Source: src, Logger: log.With("server", "tftp"), Metrics: tftpd.NewMetrics(reg), OnTransfer: st.TFTP,
 		MaxTransfers: s.TFTP.MaxTransfers, Timeout: s.TFTP.Timeout, Retries: s.TFTP.Retries,
 	})
 	if err != nil {
 		return err
 	}
-	sv.hs.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	sv.hs.Handle("GET /metrics", "metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	page := st.Handler()
+	for _, p := range []string{"GET /{$}", "GET /status.json", "GET /events", "GET /static/{name}"} {
+		sv.hs.Handle(p, "status", page)
+	}
 
 	// Bind everything first: a port we cannot have fails the start.
 	if err := sv.dp.Listen(ctx); err != nil {
@@ -315,6 +345,7 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 			}
 		}
 	}
+	sv.summarize(s, set)
 	log.Info("bootserve ready", "interface", sv.dp.InterfaceName(), "address", sv.dp.Address, "http", hln.Addr().String())
 
 	g, gctx := errgroup.WithContext(ctx)
