@@ -1,0 +1,35 @@
+package tftpd
+
+import (
+	"bytes"
+	"testing"
+	"time"
+)
+
+// FuzzPacket sends arbitrary datagrams to a live server, each followed by a
+// real read: whatever arrives, the server keeps serving files correctly.
+func FuzzPacket(f *testing.F) {
+	file := bytes.Repeat([]byte("0123456789abcdef"), 100)
+	// Junk that is a valid request starts a transfer nobody acknowledges:
+	// short timeouts and a high bound keep those from filling the slots,
+	// which is the concurrency limit working, not what is fuzzed here.
+	ts := startServer(f, Config{Source: Map{"f": file}, Timeout: 20 * time.Millisecond, Retries: 1, MaxTransfers: 1 << 16}, "")
+	for _, seed := range [][]byte{
+		rq(opRRQ, "f", "octet", "blksize", "1468", "tsize", "0", "windowsize", "4"),
+		rq(opRRQ, "../../etc/passwd", "octet"),
+		rq(opWRQ, "f", "octet"),
+		rq(opRRQ, "f", "netascii", "blksize", "abc"),
+		ackPacket(1), errorPacket(8, "aborted"), {0, 1, 'f'}, {0, 9}, {},
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		junk := newRawClient(t)
+		junk.send(ts.addr, b)
+		c := newRawClient(t)
+		_, got := c.get(ts.addr, "f", "blksize", "512")
+		if !bytes.Equal(got, file) {
+			t.Fatalf("after %x the server served %d wrong bytes", b, len(got))
+		}
+	})
+}
