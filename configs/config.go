@@ -27,18 +27,20 @@ import (
 
 // File is the schema of the TOML file. Field tags are the keys users write.
 type File struct {
-	Interface string          `toml:"interface"`
-	Address   string          `toml:"address"`
-	HTTPPort  int             `toml:"http_port"`
-	LogLevel  string          `toml:"log_level"`
-	LogFormat string          `toml:"log_format"`
-	User      string          `toml:"user"`
-	Firmware  firmware.Config `toml:"firmware"`
-	TFTP      TFTPFile        `toml:"tftp"`
-	Nix       NixFile         `toml:"nix"`
-	API       APIFile         `toml:"api"`
-	Default   *TargetFile     `toml:"default"`
-	Machines  []MachineFile   `toml:"machine"`
+	Interface string `toml:"interface"`
+	Address   string `toml:"address"`
+	HTTPPort  int    `toml:"http_port"`
+	// HTTPMaxTransfers bounds file transfers in progress (default 512).
+	HTTPMaxTransfers int             `toml:"http_max_transfers"`
+	LogLevel         string          `toml:"log_level"`
+	LogFormat        string          `toml:"log_format"`
+	User             string          `toml:"user"`
+	Firmware         firmware.Config `toml:"firmware"`
+	TFTP             TFTPFile        `toml:"tftp"`
+	Nix              NixFile         `toml:"nix"`
+	API              APIFile         `toml:"api"`
+	Default          *TargetFile     `toml:"default"`
+	Machines         []MachineFile   `toml:"machine"`
 }
 
 // TFTPFile is the [tftp] table.
@@ -172,17 +174,18 @@ func ParseSize(s string) (int64, error) {
 
 // Config is a loaded, checked configuration, ready for the servers.
 type Config struct {
-	Path      string
-	Interface string
-	Address   netip.Addr // invalid: the interface's address
-	HTTPPort  int
-	LogLevel  slog.Level
-	LogFormat string
-	User      string
-	Firmware  firmware.Config
-	TFTP      TFTP
-	Nix       Nix
-	API       API
+	Path             string
+	Interface        string
+	Address          netip.Addr // invalid: the interface's address
+	HTTPPort         int
+	HTTPMaxTransfers int
+	LogLevel         slog.Level
+	LogFormat        string
+	User             string
+	Firmware         firmware.Config
+	TFTP             TFTP
+	Nix              Nix
+	API              API
 	// Rules is the selection table from [default] and [[machine]]. When
 	// API.URL is set, the API server decides instead.
 	Rules *machines.Table
@@ -325,7 +328,10 @@ func Parse(path, src string) (*Config, error) {
 }
 
 func (l *loader) check(f *File) *Config {
-	c := &Config{Interface: f.Interface, HTTPPort: f.HTTPPort, LogFormat: f.LogFormat, User: f.User, Firmware: f.Firmware}
+	c := &Config{Interface: f.Interface, HTTPPort: f.HTTPPort, HTTPMaxTransfers: f.HTTPMaxTransfers, LogFormat: f.LogFormat, User: f.User, Firmware: f.Firmware}
+	if c.HTTPMaxTransfers < 0 {
+		l.errorf("http_max_transfers", "must not be negative")
+	}
 	if f.Address != "" {
 		a, err := netip.ParseAddr(f.Address)
 		if err != nil || !a.Is4() {

@@ -516,8 +516,8 @@ func checkOneLine(t *testing.T, what string, resp *http.Response, body []byte, c
 	}
 }
 
-// encodeQuery is how a script's retry URL carries the query it was asked with.
-func encodeQuery(q string) string {
+// retryQuery is how a script's retry URL carries the query it was asked with.
+func retryQuery(q string) string {
 	v, err := url.ParseQuery(strings.TrimPrefix(q, "?"))
 	if err != nil || len(v) == 0 {
 		return ""
@@ -558,7 +558,7 @@ func TestNixScript(t *testing.T) {
 			":failed",
 			"echo bootserve: boot failed, retrying in 5 seconds",
 			"sleep 5",
-			"chain --autofree " + dir + "netboot.ipxe" + encodeQuery(c.query),
+			"chain --autofree " + dir + "netboot.ipxe" + retryQuery(c.query),
 		}
 		if got := scriptLines(body); !slices.Equal(got, want) {
 			t.Errorf("netboot.ipxe%s:\n%s\nwant:\n%s", c.query, strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -1202,6 +1202,7 @@ func TestNixConfigurationRace(t *testing.T) {
 		return ""
 	}
 	sysA, sysB := sysOf("A", rA.body), sysOf("B", rB.body)
+	t.Logf("machine A (slow build, started first) got %s; machine B (fast build) got %s", sysA, sysB)
 	for _, c := range []struct{ machine, sys, variant, other string }{{"A", sysA, "slow", "fast"}, {"B", sysB, "fast", "slow"}} {
 		if !strings.HasSuffix(c.sys, "-nixos-system-"+c.variant+"-"+nonce) {
 			t.Errorf("machine %s got %s, want the %s variant it started with", c.machine, c.sys, c.variant)
@@ -1268,6 +1269,7 @@ func TestNixConfigurationBuildFails(t *testing.T) {
 			t.Fatalf("%s: %d\n%s", name, resp.StatusCode, body)
 		}
 		msg := lines[1]
+		t.Logf("%s: %s", name, msg)
 		if !strings.HasPrefix(msg, "echo bootserve: configuration "+name+": ") || len(msg) > 400 {
 			t.Errorf("%s: error line %q: want a short echo", name, msg)
 		}

@@ -113,6 +113,10 @@ type Options struct {
 	// (default 60s); ReadHeaderTimeout bounds a slow request (default 10s).
 	IdleTimeout       time.Duration
 	ReadHeaderTimeout time.Duration
+	// MaxTransfers bounds file transfers (kernels, initrds, proxied files)
+	// in progress; more are answered 503 with Retry-After, so slow or stuck
+	// clients cannot pile up without limit. Default 512.
+	MaxTransfers int
 	// HTTPClient fetches remote files named by signed URLs.
 	HTTPClient *http.Client
 }
@@ -126,6 +130,7 @@ type Server struct {
 	policy atomic.Pointer[Policy]
 	mux    *http.ServeMux
 	nix    *Nix
+	slots  chan struct{}
 }
 
 // New makes a server. Call SetPolicy before serving.
@@ -143,13 +148,16 @@ func New(opts Options) (*Server, error) {
 	if opts.ReadHeaderTimeout == 0 {
 		opts.ReadHeaderTimeout = 10 * time.Second
 	}
+	if opts.MaxTransfers <= 0 {
+		opts.MaxTransfers = 512
+	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{Timeout: 0, Transport: &http.Transport{
 			ResponseHeaderTimeout: 30 * time.Second,
 			IdleConnTimeout:       90 * time.Second,
 		}}
 	}
-	s := &Server{opts: opts, log: opts.Logger, m: opts.Metrics, signer: sg, mux: http.NewServeMux()}
+	s := &Server{opts: opts, log: opts.Logger, m: opts.Metrics, signer: sg, mux: http.NewServeMux(), slots: make(chan struct{}, opts.MaxTransfers)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -233,6 +241,7 @@ func (s *Server) FirmwareURL(host netip.Addr, name string) string {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s,
+		MaxHeaderBytes:    16 << 10,
 		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
 		ReadTimeout:       s.opts.ReadHeaderTimeout + 20*time.Second,
 		IdleTimeout:       2 * s.opts.IdleTimeout,
@@ -477,8 +486,27 @@ func (s *Server) handleFile(w http.ResponseWriter, r *http.Request) {
 	s.serveTracked(w, r, fileBody{f: f, size: st.Size()}, ev, fmt.Sprintf(`"%x-%x"`, st.Size(), st.ModTime().UnixNano()), st.ModTime())
 }
 
+// takeSlot reserves a transfer slot, or answers 503 and returns false.
+func (s *Server) takeSlot(w http.ResponseWriter, r *http.Request) bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+		s.log.Debug("too many transfers: refused", "remote", r.RemoteAddr, "path", logPath(r.URL), "max", cap(s.slots))
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "too many transfers in progress, retry later", http.StatusServiceUnavailable)
+		return false
+	}
+}
+
+func (s *Server) freeSlot() { <-s.slots }
+
 // serveTracked serves a body and reports start, progress and end.
 func (s *Server) serveTracked(w http.ResponseWriter, r *http.Request, b body, ev Event, etag string, mod time.Time) {
+	if !s.takeSlot(w, r) {
+		return
+	}
+	defer s.freeSlot()
 	ev.Size = b.Size()
 	ev.Phase = "start"
 	s.emit(ev)
@@ -504,6 +532,10 @@ func (s *Server) serveTracked(w http.ResponseWriter, r *http.Request, b body, ev
 // serveRemote streams a remote file that a signed URL named. Range is
 // passed through so resumable downloads keep working.
 func (s *Server) serveRemote(w http.ResponseWriter, r *http.Request, src string, ev Event) {
+	if !s.takeSlot(w, r) {
+		return
+	}
+	defer s.freeSlot()
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, src, nil)
 	if err != nil {
 		http.Error(w, "bad upstream URL", http.StatusBadGateway)

@@ -43,8 +43,10 @@ type settings struct {
 	Address    netip.Addr // advertised; invalid = the interface's
 	ListenAddr string     // HTTP bind address; empty = all
 	HTTPPort   int
-	LogLevel   slog.Level
-	LogFormat  string
+	// HTTPMaxTransfers bounds HTTP file transfers in progress (0: default).
+	HTTPMaxTransfers int
+	LogLevel         slog.Level
+	LogFormat        string
 	// User is who to serve as once ports are bound (started as root);
 	// AllowRoot permits User "root".
 	User      string
@@ -65,7 +67,7 @@ type settings struct {
 
 func settingsFromConfig(c *configs.Config) settings {
 	return settings{
-		ConfigPath: c.Path, File: c, Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort,
+		ConfigPath: c.Path, File: c, Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort, HTTPMaxTransfers: c.HTTPMaxTransfers,
 		LogLevel: c.LogLevel, LogFormat: c.LogFormat, User: c.User, Firmware: c.Firmware, TFTP: c.TFTP, Nix: c.Nix,
 		API: c.API, Booter: c.Rules,
 	}
@@ -264,7 +266,7 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	}
 
 	sv := &server{log: log, status: st}
-	sv.hs, err = httpboot.New(httpboot.Options{Port: s.HTTPPort, Logger: log.With("server", "http"), Metrics: httpboot.NewMetrics(reg), OnEvent: st.HTTP})
+	sv.hs, err = httpboot.New(httpboot.Options{Port: s.HTTPPort, MaxTransfers: s.HTTPMaxTransfers, Logger: log.With("server", "http"), Metrics: httpboot.NewMetrics(reg), OnEvent: st.HTTP})
 	if err != nil {
 		return err
 	}
