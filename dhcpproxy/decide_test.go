@@ -58,8 +58,10 @@ func testFirmware(t *testing.T, all bool) *firmware.Set {
 	return s
 }
 
+func serverAddr() netip.Addr { return netip.MustParseAddr("10.99.0.1") }
+
 func testEnv(t *testing.T) Env {
-	return Env{ServerIP: netip.MustParseAddr("10.99.0.1"), Firmware: testFirmware(t, false), URLs: testURLs{}}
+	return Env{ServerIP: serverAddr(), Firmware: testFirmware(t, false), URLs: testURLs{}}
 }
 
 // golden says what bootserve must answer to each client packet of the real

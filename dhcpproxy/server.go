@@ -131,6 +131,10 @@ func (s *Server) Listen(ctx context.Context) error {
 	return nil
 }
 
+// rcvBuf is the receive buffer asked for the DHCP sockets: a few thousand
+// packets.
+const rcvBuf = 4 << 20
+
 // listenUDP binds 0.0.0.0:port to one interface. Binding a specific address
 // would miss broadcasts; address and port reuse let a DHCP server on the same
 // host keep its own socket on 67.
@@ -138,6 +142,13 @@ func listenUDP(ctx context.Context, ifname string, port int) (net.PacketConn, er
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
+			// A big receive buffer absorbs bursts (a boot storm, a flood)
+			// that would otherwise drop firmware requests in the kernel;
+			// RCVBUFFORCE passes rmem_max when we are root, else the
+			// plain option gets what the system allows.
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
+			}
 			serr = errors.Join(
 				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
 				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1),
@@ -236,17 +247,33 @@ func (s *Server) readLoop(ctx context.Context, port int, c *ipv4.PacketConn) err
 			// SO_BINDTODEVICE should make this impossible; be explicit.
 			continue
 		}
+		// Classify and rate-limit here, cheaply and in order: a flood of
+		// junk or repeats is counted and dropped without ever taking one
+		// of the slots that requests waiting on a Booter need.
+		typ := msgTypeLabel(req)
+		client, outcome := Parse(req, port, net.IP(s.Address.AsSlice()))
+		if client == nil {
+			s.Metrics.Packets.WithLabelValues(typ, string(outcome)).Inc()
+			if outcome == IgnoredNotPXE {
+				s.Logger.Debug("not a network boot request", "mac", req.ClientHWAddr.String(), "type", typ, "port", port, "vendor_class", req.ClassIdentifier())
+			}
+			continue
+		}
+		if !s.limiter.allow(limitKey(client), time.Now()) {
+			s.Metrics.Packets.WithLabelValues(typ, string(IgnoredRateLimit)).Inc()
+			continue
+		}
 		udpSrc, _ := src.(*net.UDPAddr)
 		select {
 		case s.sem <- struct{}{}:
 		default:
-			s.Metrics.Packets.WithLabelValues(msgTypeLabel(req), string(DroppedBusy)).Inc()
+			s.Metrics.Packets.WithLabelValues(typ, string(DroppedBusy)).Inc()
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer func() { <-s.sem; s.wg.Done() }()
-			s.handle(ctx, port, c, req, udpSrc)
+			s.handle(ctx, port, c, req, client, udpSrc)
 		}()
 	}
 }
@@ -269,18 +296,11 @@ func msgTypeLabel(p *dhcpv4.DHCPv4) string {
 	return "other"
 }
 
-func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *dhcpv4.DHCPv4, src *net.UDPAddr) {
+// handle decides and answers one classified request.
+func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *dhcpv4.DHCPv4, client *Client, src *net.UDPAddr) {
 	typ := msgTypeLabel(req)
 	count := func(o Outcome) { s.Metrics.Packets.WithLabelValues(typ, string(o)).Inc() }
 	serverIP := net.IP(s.Address.AsSlice())
-	client, outcome := Parse(req, port, serverIP)
-	if client == nil {
-		count(outcome)
-		if outcome == IgnoredNotPXE {
-			s.Logger.Debug("not a network boot request", "mac", req.ClientHWAddr.String(), "type", typ, "port", port, "vendor_class", req.ClassIdentifier())
-		}
-		return
-	}
 	ev := Event{
 		Time: time.Now(), MAC: client.MAC, ArchName: ArchName(client.ArchCode), IP: client.IP,
 		UUID: client.UUID, Hostname: client.Hostname, VendorClass: client.VendorClass,
@@ -303,10 +323,6 @@ func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *
 	}
 	arch, _, _ := archFor(client.ArchCode)
 	ev.Arch = arch
-	if !s.limiter.allow(limitKey(client), time.Now()) {
-		count(IgnoredRateLimit)
-		return
-	}
 	tgt, err := pol.Booter.Target(ctx, client.Identity(arch))
 	if err != nil {
 		ev.Reason = err.Error()

@@ -20,6 +20,8 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for the zero values in Config.
@@ -137,17 +139,37 @@ func New(cfg Config) (*Server, error) {
 
 // ListenAndServe binds addr (e.g. "0.0.0.0:69") and calls Serve.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	var lc net.ListenConfig
+	conn, err := Listen(ctx, addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, conn)
+}
+
+// recvBuffer is the receive buffer asked for the request socket, so a
+// burst of requests (a boot storm, a flood) waits instead of being dropped.
+const recvBuffer = 4 << 20
+
+// Listen binds the request socket for Serve, with a large receive buffer
+// (SO_RCVBUFFORCE when privileged, else what the system allows).
+func Listen(ctx context.Context, addr string) (net.PacketConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, recvBuffer) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, recvBuffer)
+			}
+		})
+	}}
 	conn, err := lc.ListenPacket(ctx, "udp", addr)
 	switch {
 	case errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("tftp: listen on %s: %w: port 69 needs root or CAP_NET_BIND_SERVICE", addr, err)
+		return nil, fmt.Errorf("tftp: listen on %s: %w: port 69 needs root or CAP_NET_BIND_SERVICE", addr, err)
 	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("tftp: listen on %s: %w: stop the other TFTP server (tftpd-hpa, dnsmasq) or disable bootserve's", addr, err)
+		return nil, fmt.Errorf("tftp: listen on %s: %w: stop the other TFTP server (tftpd-hpa, dnsmasq) or disable bootserve's", addr, err)
 	case err != nil:
-		return fmt.Errorf("tftp: listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("tftp: listen on %s: %w", addr, err)
 	}
-	return s.Serve(ctx, conn)
+	return conn, nil
 }
 
 // Serve answers TFTP requests arriving on conn until ctx is cancelled.

@@ -308,9 +308,9 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	}
 	defer sv.dp.Close()
 	var lc net.ListenConfig
-	tconn, err := lc.ListenPacket(ctx, "udp4", "0.0.0.0:69")
+	tconn, err := tftpd.Listen(ctx, "0.0.0.0:69")
 	if err != nil {
-		return fmt.Errorf("tftp: listen on udp port 69: %w (needs root or CAP_NET_BIND_SERVICE, and no other TFTP server)", err)
+		return err
 	}
 	hln, err := lc.Listen(ctx, "tcp", net.JoinHostPort(s.ListenAddr, strconv.Itoa(s.HTTPPort)))
 	if err != nil {
