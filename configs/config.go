@@ -189,6 +189,9 @@ type Config struct {
 	// Rules is the selection table from [default] and [[machine]]. When
 	// API.URL is set, the API server decides instead.
 	Rules *machines.Table
+	// Warnings are problems that do not stop the start (a kernel Secure
+	// Boot will refuse), located like errors.
+	Warnings []string
 }
 
 // TFTP is the checked [tftp] table.
@@ -259,12 +262,17 @@ type loader struct {
 	dir  string
 	pos  *positions
 	errs []error
+	warn []string
 
 	nixStoreDir       string
 	nixStoreRoot      string
 	nixProfiles       []located
 	nixConfigurations []located
 	usedStore         bool
+}
+
+func (l *loader) warnf(key, format string, args ...any) {
+	l.warn = append(l.warn, (&Error{File: l.file, Line: l.pos.line(key), Key: key, Msg: fmt.Sprintf(format, args...)}).Error())
 }
 
 func (l *loader) errorf(key, format string, args ...any) {
@@ -324,6 +332,7 @@ func Parse(path, src string) (*Config, error) {
 		return nil, errors.Join(l.errs...)
 	}
 	c.Path = path
+	c.Warnings = l.warn
 	return c, nil
 }
 
@@ -485,7 +494,7 @@ func (l *loader) checkFirmware(f *File, c *Config) {
 	}{
 		{"bios", &c.Firmware.BIOS}, {"efi_ia32", &c.Firmware.EFIIA32}, {"efi_x64", &c.Firmware.EFIX64},
 		{"efi_arm32", &c.Firmware.EFIARM32}, {"efi_arm64", &c.Firmware.EFIARM64}, {"efi_riscv64", &c.Firmware.EFIRISCV64},
-		{"memdisk", &c.Firmware.Memdisk},
+		{"memdisk", &c.Firmware.Memdisk}, {"shim", &c.Firmware.Shim}, {"grub", &c.Firmware.GRUB},
 	} {
 		if !strings.ContainsRune(*fw.val, '/') {
 			continue // a builtin name: firmware.Load checks it

@@ -136,6 +136,9 @@ func TestBadConfigs(t *testing.T) {
 		{"bad size", "[nix]\ncache_size = \"lots\"\n[default]\nlocal = true\n", []string{`^b\.toml:2: nix\.cache_size: .*"lots" is not a size`}},
 		{"api with targets", "[api]\nurl = \"http://127.0.0.1:1/\"\n[default]\nlocal = true\n", []string{`^b\.toml:2: api\.url: set either \[api\] or`}},
 		{"bad api url", "[api]\nurl = \"ftp://x\"\n", []string{`^b\.toml:2: api\.url: "ftp://x" is not an http\(s\) URL`}},
+		{"secure boot iso", "[default]\niso = \"" + k + "\"\nsecure_boot = true\n", []string{`^b\.toml:3: default\.secure_boot: a iso target cannot boot through shim and GRUB`}},
+		{"secure boot chain entry", "[default.menu]\n[[default.menu.entry]]\nchain = \"http://x/y\"\n[default]\nsecure_boot = true\n", []string{`default\.menu\.entry\[0\]: a chain entry cannot boot through shim and GRUB`}},
+		{"secure boot URL kernel", "[default]\nkernel = \"http://x/vmlinuz\"\nsecure_boot = true\n", []string{`default: http://x/vmlinuz is a URL: under secure_boot GRUB loads files over TFTP only`}},
 		{"chain not a URL", "[default]\nchain = \"boot.netboot.xyz\"\n", []string{`^b\.toml:2: default\.chain: "boot\.netboot\.xyz" is not a URL`}},
 		{"nothing to boot", "http_port = 80\n", []string{`default: nothing to boot`}},
 		{"bad duration", "[tftp]\ntimeout = \"soon\"\n[default]\nkernel = \"" + k + "\"\n",
@@ -158,6 +161,21 @@ func TestBadConfigs(t *testing.T) {
 				t.Errorf("%s: error\n%s\ndoes not match %s", c.name, err, w)
 			}
 		}
+	}
+}
+
+func TestSecureBootWarnsAboutUnsignedKernels(t *testing.T) {
+	dir := t.TempDir()
+	files(t, dir, "vmlinuz")
+	c, err := Parse(filepath.Join(dir, "b.toml"), "[default]\nkernel = \"vmlinuz\"\nsecure_boot = true\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "b.toml:2: default.kernel:") || !strings.Contains(c.Warnings[0], "cannot boot with Secure Boot on") {
+		t.Errorf("warnings %q", c.Warnings)
+	}
+	if !c.Rules.Default.SecureBoot {
+		t.Error("secure_boot not set on the target")
 	}
 }
 

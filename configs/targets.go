@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/bootserve/bootserve/grubboot"
 	"github.com/bootserve/bootserve/machines"
 	"github.com/bootserve/bootserve/nixstore"
 )
@@ -28,6 +29,8 @@ type TargetFile struct {
 	Menu             *MenuFile `toml:"menu"`
 	Local            bool      `toml:"local"`
 	Message          string    `toml:"message"`
+	// SecureBoot boots x64 UEFI machines through shim and GRUB.
+	SecureBoot bool `toml:"secure_boot"`
 }
 
 // MenuFile is a [*.menu] table.
@@ -176,7 +179,54 @@ func (l *loader) target(key string, tf *TargetFile, inMenu bool) *machines.Targe
 			return nil
 		}
 	}
+	if tf.SecureBoot {
+		if inMenu {
+			l.errorf(key+".secure_boot", "set secure_boot on the menu, not on its entries")
+		}
+		t.SecureBoot = true
+		l.checkSecureBoot(key, t)
+	}
 	return t
+}
+
+// checkSecureBoot refuses targets the shim → GRUB chain cannot boot, and
+// warns about kernels Secure Boot will refuse.
+func (l *loader) checkSecureBoot(key string, t *machines.Target) {
+	switch t.Kind {
+	case machines.KindKernel:
+		l.checkSignedKernel(key, t)
+	case machines.KindMenu:
+		for i := range t.Menu.Entries {
+			e := &t.Menu.Entries[i].Target
+			ek := fmt.Sprintf("%s.menu.entry[%d]", key, i)
+			switch e.Kind {
+			case machines.KindKernel:
+				l.checkSignedKernel(ek, e)
+			case machines.KindLocal:
+			default:
+				l.errorf(ek, "a %s entry cannot boot through shim and GRUB (secure_boot on the menu): use kernel or local entries", e.Kind)
+			}
+		}
+	default:
+		l.errorf(key+".secure_boot", "a %s target cannot boot through shim and GRUB: use a kernel or menu target", t.Kind)
+	}
+}
+
+func (l *loader) checkSignedKernel(key string, t *machines.Target) {
+	files := append([]string{t.Kernel}, t.Initrds...)
+	for _, f := range files {
+		if strings.Contains(f, "://") {
+			l.errorf(key, "%s is a URL: under secure_boot GRUB loads files over TFTP only, give a local path", f)
+			return
+		}
+	}
+	signed, err := grubboot.Signed(t.Kernel)
+	switch {
+	case err != nil:
+		l.warnf(key+".kernel", "%v: it cannot boot with Secure Boot on", err)
+	case !signed:
+		l.warnf(key+".kernel", "%s is not signed: it boots only with Secure Boot off (GRUB will refuse it with \"bad shim signature\")", t.Kernel)
+	}
 }
 
 func (l *loader) menu(key string, mf *MenuFile) *machines.Menu {

@@ -238,6 +238,9 @@ type Env struct {
 	ServerIP netip.Addr
 	Firmware *firmware.Set
 	URLs     URLs
+	// SecureBoot says the machine's target boots through the signed
+	// shim → GRUB chain rather than iPXE.
+	SecureBoot bool
 }
 
 // Offer is the boot part of a reply.
@@ -265,6 +268,17 @@ func Decide(c *Client, env Env) (Offer, Outcome) {
 		return Offer{Reason: ArchName(c.ArchCode) + " has no iPXE build"}, IgnoredNoBinary
 	}
 	o := Offer{Arch: arch, VendorClass: "PXEClient"}
+	if env.SecureBoot && arch == firmware.EFIX64 && !c.IPXE && !httpBoot && !c.HTTPClient {
+		// iPXE is not signed by Microsoft; shim is, and it loads the
+		// vendor-signed GRUB from the same TFTP directory, which then
+		// loads the kernel. Works with Secure Boot off too.
+		shim, err := env.Firmware.SecureBoot()
+		if err != nil {
+			return Offer{Arch: arch, Reason: err.Error()}, IgnoredNoBinary
+		}
+		o.BootFile = shim.Name
+		return o, Answered
+	}
 	if c.IPXE {
 		// Already iPXE (a NIC ROM or our chainloaded build): hand it the
 		// script, never a binary, so chainloading cannot loop.

@@ -408,3 +408,28 @@ func TestReplyDetails(t *testing.T) {
 		t.Errorf("giaddr not kept: %v", r.GatewayIPAddr)
 	}
 }
+
+func TestSecureBootChain(t *testing.T) {
+	env := testEnv(t)
+	env.SecureBoot = true
+	if _, err := env.Firmware.SecureBoot(); err != nil {
+		t.Skipf("no shim/GRUB on this host or in this build: %v", err)
+	}
+	cases := []struct {
+		name string
+		mods []dhcpv4.Modifier
+		want string
+	}{
+		{"x64 UEFI PXE", []dhcpv4.Modifier{withArch(7), withClass("PXEClient:Arch:00007:UNDI:003000")}, "efi-x64-sb/shimx64.efi"},
+		{"x64 UEFI PXE (9)", []dhcpv4.Modifier{withArch(9), withClass("PXEClient")}, "efi-x64-sb/shimx64.efi"},
+		{"iPXE with Secure Boot off", []dhcpv4.Modifier{withArch(7), withClass("PXEClient"), dhcpv4.WithOption(dhcpv4.OptUserClass("iPXE"))}, "http://10.99.0.1/ipxe?mac=52:54:00:ab:cd:ef&arch=efi-x64"},
+		{"BIOS has no Secure Boot", []dhcpv4.Modifier{withArch(0), withClass("PXEClient")}, "bios/undionly.kpxe"},
+	}
+	for _, c := range cases {
+		cl, _ := Parse(request(t, c.mods...), PortDHCP, serverIP)
+		o, outcome := Decide(cl, env)
+		if outcome != Answered || o.BootFile != c.want {
+			t.Errorf("%s: %q %q, want %q", c.name, outcome, o.BootFile, c.want)
+		}
+	}
+}

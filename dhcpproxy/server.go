@@ -37,6 +37,7 @@ type Event struct {
 	IP       netip.Addr
 	UUID     string
 	Hostname string
+	Labels   []string
 	// UserClass is "iPXE" for iPXE clients, else empty.
 	UserClass   string
 	VendorClass string
@@ -303,7 +304,7 @@ func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *
 	serverIP := net.IP(s.Address.AsSlice())
 	ev := Event{
 		Time: time.Now(), MAC: client.MAC, ArchName: ArchName(client.ArchCode), IP: client.IP,
-		UUID: client.UUID, Hostname: client.Hostname, VendorClass: client.VendorClass,
+		UUID: client.UUID, Hostname: client.Hostname, Labels: client.Labels, VendorClass: client.VendorClass,
 		Port: port, MsgType: typ,
 	}
 	if client.IPXE {
@@ -334,7 +335,7 @@ func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *
 		return
 	}
 	ev.Target = tgt.Name
-	offer, outcome := Decide(client, Env{ServerIP: s.Address, Firmware: pol.Firmware, URLs: pol.URLs})
+	offer, outcome := Decide(client, Env{ServerIP: s.Address, Firmware: pol.Firmware, URLs: pol.URLs, SecureBoot: tgt.SecureBoot})
 	ev.BootFile, ev.Reason = offer.BootFile, offer.Reason
 	if outcome != Answered {
 		if s.logOnce.first("arch " + client.MAC.String() + " " + ev.ArchName) {

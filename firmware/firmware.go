@@ -63,6 +63,13 @@ type Config struct {
 	EFIARM32   string `toml:"efi_arm32"`
 	EFIARM64   string `toml:"efi_arm64"`
 	EFIRISCV64 string `toml:"efi_riscv64"`
+	// Shim and GRUB are the Secure Boot chain for x64 UEFI: a
+	// Microsoft-signed shim and a GRUB network image signed by the vendor
+	// whose key shim carries. Empty: the builds `make firmware` embedded
+	// (Debian's shim-signed and grub-efi-amd64-signed), else those
+	// packages' files on this host.
+	Shim string `toml:"shim"`
+	GRUB string `toml:"grub"`
 	// Memdisk is the path of syslinux's memdisk, which lets BIOS machines
 	// boot ISO images from RAM (Debian: syslinux-common's
 	// /usr/lib/syslinux/memdisk). Empty: ISOs boot with iPXE's sanboot.
@@ -112,10 +119,13 @@ var ErrNoBinary = errors.New("no boot program")
 // once loaded, so servers share it without locks; a config reload builds a new
 // one.
 type Set struct {
-	byArch  map[Arch]*Binary
-	byName  map[string]*Binary
-	missing map[Arch]error
-	memdisk *Binary
+	byArch    map[Arch]*Binary
+	byName    map[string]*Binary
+	missing   map[Arch]error
+	memdisk   *Binary
+	shim      *Binary
+	grub      *Binary
+	sbMissing error
 }
 
 // Load resolves the boot program of every architecture. A path or builtin
@@ -148,6 +158,9 @@ func Load(cfg Config) (*Set, error) {
 		}
 		s.byArch[a] = b
 		s.byName[b.Name] = b
+	}
+	if err := s.loadSecureBoot(cfg); err != nil {
+		return nil, err
 	}
 	if cfg.Memdisk != "" {
 		data, err := os.ReadFile(cfg.Memdisk)
@@ -218,4 +231,58 @@ func (s *Set) All() []*Binary {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// SecureBootDir is the TFTP directory of the Secure Boot chain: shim loads
+// grubx64.efi from the directory its own file name gave.
+const SecureBootDir = "efi-x64-sb"
+
+// Host paths of Debian's signed builds, when the packages are installed.
+const (
+	debianShim = "/usr/lib/shim/shimx64.efi.signed"
+	debianGRUB = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"
+)
+
+func (s *Set) loadSecureBoot(cfg Config) error {
+	load := func(key, path, builtin, host, name string) (*Binary, error) {
+		if path != "" {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return nil, fmt.Errorf("firmware.%s = %q: %w", key, path, err)
+			}
+			return &Binary{Arch: EFIX64, Name: SecureBootDir + "/" + name, Origin: path, Data: data}, nil
+		}
+		if data, err := fs.ReadFile(blobs, "blobs/"+builtin); err == nil && len(data) > 0 {
+			return &Binary{Arch: EFIX64, Name: SecureBootDir + "/" + name, Origin: "embedded", Data: data}, nil
+		}
+		data, err := os.ReadFile(host)
+		if err != nil {
+			return nil, nil // optional: only Secure Boot targets need it
+		}
+		return &Binary{Arch: EFIX64, Name: SecureBootDir + "/" + name, Origin: host, Data: data}, nil
+	}
+	var err error
+	if s.shim, err = load("shim", cfg.Shim, "shimx64.efi", debianShim, "shimx64.efi"); err != nil {
+		return err
+	}
+	if s.grub, err = load("grub", cfg.GRUB, "grubx64.efi", debianGRUB, "grubx64.efi"); err != nil {
+		return err
+	}
+	if s.shim == nil || s.grub == nil {
+		s.shim, s.grub = nil, nil
+		s.sbMissing = fmt.Errorf("%w for Secure Boot: no signed shim and GRUB: run `make firmware`, install Debian's shim-signed and grub-efi-amd64-signed, or set firmware.shim and firmware.grub", ErrNoBinary)
+		return nil
+	}
+	s.byName[s.shim.Name] = s.shim
+	s.byName[s.grub.Name] = s.grub
+	return nil
+}
+
+// SecureBoot returns the boot program of the Secure Boot chain (shim; it
+// fetches GRUB from the same directory), or an error saying how to get it.
+func (s *Set) SecureBoot() (*Binary, error) {
+	if s.shim == nil {
+		return nil, s.sbMissing
+	}
+	return s.shim, nil
 }

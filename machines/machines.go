@@ -111,6 +111,10 @@ type Target struct {
 	// Hostname, if set, is {{.Hostname}} in templates, in place of the
 	// name the machine sent.
 	Hostname string
+	// SecureBoot boots x64 UEFI machines through the signed chain (shim,
+	// then GRUB, then the kernel over TFTP) instead of iPXE, so they boot
+	// with UEFI Secure Boot left on. Kernel and menu targets only.
+	SecureBoot bool
 }
 
 // Menu is an iPXE menu whose entries are targets.

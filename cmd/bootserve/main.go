@@ -167,6 +167,7 @@ func cmdBoot(ctx context.Context, args []string, stderr io.Writer) error {
 	cf.register(fs)
 	cmdline := fs.String("cmdline", "", "kernel command line (a text/template: {{.MAC}}, {{.IP}}, {{.URL}}...)")
 	bootmsg := fs.String("bootmsg", "", "message iPXE prints before booting")
+	secureBoot := fs.Bool("secure-boot", false, "boot x64 UEFI machines through the signed shim and GRUB (Secure Boot left on); the kernel and initrds go over TFTP")
 	var fw firmware.Config
 	fs.StringVar(&fw.BIOS, "ipxe-bios", "", "iPXE build for BIOS clients (default: undionly.kpxe)")
 	fs.StringVar(&fw.EFIX64, "ipxe-efi64", "", "iPXE build for x86-64 UEFI clients: snponly.efi (default), ipxe.efi or a path")
@@ -180,7 +181,7 @@ func cmdBoot(ctx context.Context, args []string, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	t := machines.Target{Kind: machines.KindKernel, Name: "boot", Kernel: absIfLocal(pos[0]), Cmdline: *cmdline, Message: *bootmsg}
+	t := machines.Target{Kind: machines.KindKernel, Name: "boot", Kernel: absIfLocal(pos[0]), Cmdline: *cmdline, Message: *bootmsg, SecureBoot: *secureBoot}
 	for _, p := range pos[1:] {
 		t.Initrds = append(t.Initrds, absIfLocal(p))
 	}

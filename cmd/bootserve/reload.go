@@ -87,6 +87,9 @@ func (sv *server) reload(cur settings, why string) (settings, bool) {
 		log.Error("config reload refused; the previous config stays in force", "err", err)
 		return cur, false
 	}
+	for _, w := range c.Warnings {
+		log.Warn("config: " + w)
+	}
 	old := cur.File
 	for key, changed := range map[string]bool{
 		"interface":  c.Interface != old.Interface,

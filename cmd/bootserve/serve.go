@@ -26,6 +26,7 @@ import (
 	"github.com/bootserve/bootserve/cpiocache"
 	"github.com/bootserve/bootserve/dhcpproxy"
 	"github.com/bootserve/bootserve/firmware"
+	"github.com/bootserve/bootserve/grubboot"
 	"github.com/bootserve/bootserve/httpboot"
 	"github.com/bootserve/bootserve/machines"
 	"github.com/bootserve/bootserve/nixstore"
@@ -59,6 +60,8 @@ type settings struct {
 	NixNeeded bool
 	// WarmFirst builds every archive the Nix targets need before serving.
 	WarmFirst bool
+	// Warnings from loading the config, logged at start.
+	Warnings []string
 	// API, when its URL is set, asks a pixiecore-style API server what to
 	// boot instead of Booter.
 	API    configs.API
@@ -69,7 +72,7 @@ func settingsFromConfig(c *configs.Config) settings {
 	return settings{
 		ConfigPath: c.Path, File: c, Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort, HTTPMaxTransfers: c.HTTPMaxTransfers,
 		LogLevel: c.LogLevel, LogFormat: c.LogFormat, User: c.User, Firmware: c.Firmware, TFTP: c.TFTP, Nix: c.Nix,
-		API: c.API, Booter: c.Rules,
+		API: c.API, Booter: c.Rules, Warnings: c.Warnings,
 	}
 }
 
@@ -140,6 +143,7 @@ type server struct {
 	status   *status.Tracker
 	dp       *dhcpproxy.Server
 	hs       *httpboot.Server
+	grub     *grubboot.Server
 	fw       atomic.Pointer[firmware.Set]
 	started  time.Time
 	httpPort int
@@ -198,6 +202,7 @@ func (sv *server) install(s settings, set *firmware.Set) error {
 		sv.log.Info("asking the API server what to boot", "url", s.API.URL)
 	}
 	sv.fw.Store(set)
+	sv.grub.SetBooter(b)
 	sv.dp.SetPolicy(&dhcpproxy.Policy{Booter: b, Firmware: set, URLs: sv.hs})
 	sv.hs.SetPolicy(&httpboot.Policy{Booter: b, Firmware: set, HTTPClient: client})
 	return nil
@@ -264,6 +269,9 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	for _, w := range s.Warnings {
+		log.Warn("config: " + w)
+	}
 
 	sv := &server{log: log, status: st}
 	sv.hs, err = httpboot.New(httpboot.Options{Port: s.HTTPPort, MaxTransfers: s.HTTPMaxTransfers, Logger: log.With("server", "http"), Metrics: httpboot.NewMetrics(reg), OnEvent: st.HTTP})
@@ -280,12 +288,18 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 			return fmt.Errorf("cache dir %s: %w", s.Nix.CacheDir, err)
 		}
 	}
-	sv.dp = &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg), OnEvent: st.DHCP}
+	sv.grub = &grubboot.Server{Logger: log.With("server", "grub")}
+	sv.dp = &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg),
+		OnEvent: func(e dhcpproxy.Event) {
+			st.DHCP(e)
+			sv.grub.Remember(machines.Identity{MAC: e.MAC, UUID: e.UUID, Arch: e.Arch, IP: e.IP, Hostname: e.Hostname, Labels: e.Labels})
+		}}
 	if err := sv.install(s, set); err != nil {
 		return err
 	}
 
-	var src tftpd.Source = sv.tftpSource()
+	// Boot programs, then the Secure Boot chain's GRUB configs and files.
+	var src tftpd.Source = tftpd.Chain(sv.tftpSource(), sv.grub.Source())
 	if s.TFTP.Root != "" {
 		src = tftpd.Chain(src, tftpd.Dir(s.TFTP.Root))
 	}

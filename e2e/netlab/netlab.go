@@ -61,7 +61,8 @@ type Options struct {
 	// NoRouter leaves the router namespace out, for tests in which the server under test is the
 	// LAN's DHCP server.
 	NoRouter bool
-	// RouterDnsmasq adds lines (dnsmasq.conf syntax, e.g. "dhcp-option=42,10.99.7.254") to the
+	// RouterDnsmasq adds lines (dnsmasq.conf syntax, e.g. "dhcp-option=42,10.99.7.254"; "{server}"
+	// stands for the server's address, e.g. "dhcp-boot=pxe.efi,,{server}" for next-server) to the
 	// router's dnsmasq configuration.
 	RouterDnsmasq []string
 	// NoRouterRA turns the router's IPv6 Router Advertisements off. Without RA iPXE waits
@@ -352,7 +353,9 @@ func (l *Lab) startRouter(opts Options) error {
 			"ra-param="+h.Iface+",10,1800",
 		)
 	}
-	conf = append(conf, opts.RouterDnsmasq...)
+	for _, line := range opts.RouterDnsmasq {
+		conf = append(conf, strings.ReplaceAll(line, "{server}", l.server.IP.String()))
+	}
 	path := filepath.Join(l.dir, "router-dnsmasq.conf")
 	if err := os.WriteFile(path, []byte(strings.Join(conf, "\n")+"\n"), 0o644); err != nil {
 		return fmt.Errorf("write router config: %w", err)
