@@ -2,6 +2,7 @@ package firmware
 
 import (
 	"bytes"
+	"debug/pe"
 	"embed"
 	"errors"
 	"fmt"
@@ -107,6 +108,27 @@ type Binary struct {
 	// Origin says where the bytes came from, for logs and the status page.
 	Origin string
 	Data   []byte
+	// Signed is true for an EFI program with an Authenticode signature:
+	// only those run on firmware with Secure Boot on.
+	Signed bool
+}
+
+// peSigned reports whether data is a PE/COFF image carrying an Authenticode
+// signature (a security directory).
+func peSigned(data []byte) bool {
+	f, err := pe.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var dirs []pe.DataDirectory
+	switch h := f.OptionalHeader.(type) {
+	case *pe.OptionalHeader64:
+		dirs = h.DataDirectory[:h.NumberOfRvaAndSizes]
+	case *pe.OptionalHeader32:
+		dirs = h.DataDirectory[:h.NumberOfRvaAndSizes]
+	}
+	return len(dirs) > pe.IMAGE_DIRECTORY_ENTRY_SECURITY && dirs[pe.IMAGE_DIRECTORY_ENTRY_SECURITY].Size > 0
 }
 
 // Reader returns a fresh reader over the binary.
@@ -156,6 +178,7 @@ func Load(cfg Config) (*Set, error) {
 			s.missing[a] = fmt.Errorf("%w for %s: %v; run `make firmware`, install Debian's ipxe package, or set %s to a path", ErrNoBinary, a, err, a.ConfigKey())
 			continue
 		}
+		b.Signed = peSigned(b.Data)
 		s.byArch[a] = b
 		s.byName[b.Name] = b
 	}
@@ -273,6 +296,7 @@ func (s *Set) loadSecureBoot(cfg Config) error {
 		s.sbMissing = fmt.Errorf("%w for Secure Boot: no signed shim and GRUB: run `make firmware`, install Debian's shim-signed and grub-efi-amd64-signed, or set firmware.shim and firmware.grub", ErrNoBinary)
 		return nil
 	}
+	s.shim.Signed, s.grub.Signed = peSigned(s.shim.Data), peSigned(s.grub.Data)
 	s.byName[s.shim.Name] = s.shim
 	s.byName[s.grub.Name] = s.grub
 	return nil

@@ -170,6 +170,8 @@ type BootProgram struct {
 	Name   string `json:"name"`
 	Origin string `json:"origin,omitempty"`
 	Size   int64  `json:"size,omitempty"`
+	// Signed: an EFI program with an Authenticode signature.
+	Signed bool `json:"signed,omitempty"`
 }
 
 // BootProgramsOf lists the programs of a firmware set for ConfigSummary.
@@ -179,7 +181,7 @@ func BootProgramsOf(s *firmware.Set) []BootProgram {
 	}
 	var out []BootProgram
 	for _, b := range s.All() {
-		out = append(out, BootProgram{Arch: b.Arch.String(), Name: b.Name, Origin: b.Origin, Size: int64(len(b.Data))})
+		out = append(out, BootProgram{Arch: b.Arch.String(), Name: b.Name, Origin: b.Origin, Size: int64(len(b.Data)), Signed: b.Signed})
 	}
 	return out
 }
@@ -336,6 +338,15 @@ func (t *Tracker) DHCP(ev dhcpproxy.Event) {
 	}
 	answered := ev.Outcome == dhcpproxy.Answered
 	ignored := ev.Outcome == dhcpproxy.IgnoredNoTarget || ev.Outcome == dhcpproxy.IgnoredNoBinary
+	if !isNew && ev.MsgType == "discover" && ev.UserClass != "iPXE" && m.rank() == rank(StageFirmware) && t.unsignedEFI(m.bootFile) {
+		// The firmware fetched an unsigned EFI program and started over
+		// instead of running it: what Secure Boot does.
+		msg := fmt.Sprintf("%s fetched %s but its firmware started over without running it: with Secure Boot on, "+
+			"firmware refuses unsigned programs; give this machine a target with secure_boot = true (shim and GRUB are signed)", mac, m.bootFile)
+		t.errors.add(Entry{Time: now, Source: "dhcp", Level: "warn", MAC: mac, Message: msg})
+		// Logged outside the lock: a logger may feed Error back here.
+		go t.log.Warn(msg, "mac", mac)
+	}
 	if isNew || (ev.MsgType == "discover" && t.restarts(m, ev.UserClass == "iPXE", now)) || (answered && m.ignored) {
 		t.newBoot(m, now)
 		m.fromDHCP = true
@@ -403,6 +414,16 @@ func addrString(a netip.Addr) string {
 		return ""
 	}
 	return a.Unmap().String()
+}
+
+// unsignedEFI says whether name is an EFI boot program without a signature.
+func (t *Tracker) unsignedEFI(name string) bool {
+	for _, b := range t.config.BootPrograms {
+		if b.Name == name {
+			return !b.Signed && strings.HasPrefix(b.Arch, "efi")
+		}
+	}
+	return false
 }
 
 // restarts says whether a DISCOVER begins a new boot of m (see the package

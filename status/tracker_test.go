@@ -484,3 +484,39 @@ func BenchmarkSnapshotJSON(b *testing.B) {
 	}
 	b.ReportMetric(float64(n), "bytes/snapshot")
 }
+
+// A UEFI machine with Secure Boot on fetches the unsigned snponly.efi and
+// starts over: the tracker says why.
+func TestUnsignedProgramRefusedDiagnostic(t *testing.T) {
+	tr := New(Options{})
+	tr.SetConfigSummary(ConfigSummary{BootPrograms: []BootProgram{
+		{Arch: "efi-x64", Name: "efi-x64/snponly.efi"},
+		{Arch: "efi-x64", Name: "efi-x64-sb/shimx64.efi", Signed: true},
+	}})
+	mac := mustMAC(t, "52:54:00:5b:00:01")
+	ip := netip.MustParseAddr("10.0.0.50")
+	t0 := time.Now()
+	discover := func(sec float64, file string) {
+		tr.DHCP(dhcpproxy.Event{Time: t0.Add(time.Duration(sec * float64(time.Second))), MAC: mac, Arch: firmware.EFIX64,
+			Port: 67, MsgType: "discover", Outcome: dhcpproxy.Answered, BootFile: file, IP: ip})
+	}
+	fetch := func(sec float64, file string) {
+		at := t0.Add(time.Duration(sec * float64(time.Second)))
+		cl := netip.AddrPortFrom(ip, 1500)
+		tr.TFTP(tftpd.Transfer{Client: cl, File: file, Size: 100, Start: at})
+		tr.TFTP(tftpd.Transfer{Client: cl, File: file, Size: 100, Bytes: 100, Start: at, Done: true, Outcome: tftpd.OutcomeOK})
+	}
+	discover(0, "efi-x64-sb/shimx64.efi")
+	fetch(1, "efi-x64-sb/shimx64.efi")
+	discover(30, "efi-x64-sb/shimx64.efi") // a signed program: no diagnosis
+	discover(60, "efi-x64/snponly.efi")
+	fetch(61, "efi-x64/snponly.efi")
+	if len(tr.Snapshot().Errors) != 0 {
+		t.Fatalf("diagnosed too early: %+v", tr.Snapshot().Errors)
+	}
+	discover(90, "efi-x64/snponly.efi")
+	errs := tr.Snapshot().Errors
+	if len(errs) != 1 || !strings.Contains(errs[0].Message, "refuses unsigned programs") || !strings.Contains(errs[0].Message, "secure_boot = true") {
+		t.Errorf("errors %+v", errs)
+	}
+}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/bootserve/bootserve/configs"
 	"github.com/bootserve/bootserve/firmware"
+	"github.com/bootserve/bootserve/grubboot"
 	"github.com/bootserve/bootserve/machines"
 	"github.com/bootserve/bootserve/nixstore"
 )
@@ -191,6 +192,14 @@ func cmdBoot(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	s := settings{Firmware: fw, Booter: machines.Static{T: t}}
+	if t.SecureBoot {
+		if strings.Contains(t.Kernel, "://") {
+			return errors.New("--secure-boot: GRUB loads the kernel over TFTP: give a local path, not a URL")
+		}
+		if signed, err := grubboot.Signed(t.Kernel); err != nil || !signed {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("--secure-boot: kernel %s is not signed: it boots only with Secure Boot off (GRUB refuses it with \"bad shim signature\")", t.Kernel))
+		}
+	}
 	if err := s.apply(cf); err != nil {
 		return err
 	}
