@@ -6,6 +6,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -113,22 +114,31 @@ type Binary struct {
 	Signed bool
 }
 
-// peSigned reports whether data is a PE/COFF image carrying an Authenticode
-// signature (a security directory).
 func peSigned(data []byte) bool {
-	f, err := pe.NewFile(bytes.NewReader(data))
+	signed, err := SignedPE(bytes.NewReader(data))
+	return err == nil && signed
+}
+
+// SignedPE reports whether r holds a PE/COFF image (an EFI program, a
+// bzImage with its EFI stub) carrying an Authenticode signature. Secure
+// Boot refuses an image without one; whether the signature is one the
+// firmware trusts is for the firmware to say.
+func SignedPE(r io.ReaderAt) (bool, error) {
+	f, err := pe.NewFile(r)
 	if err != nil {
-		return false
+		return false, fmt.Errorf("not a PE/EFI image: %w", err)
 	}
 	defer f.Close()
 	var dirs []pe.DataDirectory
 	switch h := f.OptionalHeader.(type) {
 	case *pe.OptionalHeader64:
-		dirs = h.DataDirectory[:h.NumberOfRvaAndSizes]
+		dirs = h.DataDirectory[:min(h.NumberOfRvaAndSizes, uint32(len(h.DataDirectory)))]
 	case *pe.OptionalHeader32:
-		dirs = h.DataDirectory[:h.NumberOfRvaAndSizes]
+		dirs = h.DataDirectory[:min(h.NumberOfRvaAndSizes, uint32(len(h.DataDirectory)))]
+	default:
+		return false, errors.New("not a PE/EFI image: no optional header")
 	}
-	return len(dirs) > pe.IMAGE_DIRECTORY_ENTRY_SECURITY && dirs[pe.IMAGE_DIRECTORY_ENTRY_SECURITY].Size > 0
+	return len(dirs) > pe.IMAGE_DIRECTORY_ENTRY_SECURITY && dirs[pe.IMAGE_DIRECTORY_ENTRY_SECURITY].Size > 0, nil
 }
 
 // Reader returns a fresh reader over the binary.

@@ -8,7 +8,6 @@ package grubboot
 
 import (
 	"context"
-	"debug/pe"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -307,24 +306,17 @@ func quote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// Signed reports whether a PE/COFF file (an EFI program, a bzImage with its
-// EFI stub) carries an Authenticode signature. Secure Boot refuses a file
-// without one; whether the signature is one the firmware trusts is for the
-// firmware to say.
+// Signed reports whether a file (a kernel, an EFI program) carries the
+// Authenticode signature Secure Boot needs (see firmware.SignedPE).
 func Signed(path string) (bool, error) {
-	f, err := pe.Open(path)
+	f, err := os.Open(path)
 	if err != nil {
-		return false, fmt.Errorf("%s is not a PE/EFI file: %w", path, err)
+		return false, err
 	}
 	defer f.Close()
-	var dirs []pe.DataDirectory
-	switch h := f.OptionalHeader.(type) {
-	case *pe.OptionalHeader64:
-		dirs = h.DataDirectory[:h.NumberOfRvaAndSizes]
-	case *pe.OptionalHeader32:
-		dirs = h.DataDirectory[:h.NumberOfRvaAndSizes]
-	default:
-		return false, fmt.Errorf("%s has no optional header", path)
+	signed, err := firmware.SignedPE(f)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", path, err)
 	}
-	return len(dirs) > pe.IMAGE_DIRECTORY_ENTRY_SECURITY && dirs[pe.IMAGE_DIRECTORY_ENTRY_SECURITY].Size > 0, nil
+	return signed, nil
 }
