@@ -14,9 +14,16 @@ import (
 )
 
 // engine runs the TFTP protocol on one socket and calls the Server's policy
-// (serveRead, refuseWrite, malformed) for each request. pin/tftp is the only
-// engine today; an RFC 7440 (windowsize) engine would implement the same two
-// methods and reuse the policy unchanged.
+// (serveRead, refuseWrite, malformed) for each request.
+//
+// Why two engines: github.com/pin/tftp/v3 is the project's TFTP library and
+// served the first releases, but its server cannot negotiate RFC 7440
+// windows, which shim and EDK2 ask for and which Secure Boot boots need
+// (their kernels and initrds come over TFTP), and it has the gaps listed at
+// pinEngine. The native engine (native.go) fills those and is the default;
+// the pin engine stays selectable (Config.Engine) and tested, as a fallback
+// should a client turn out to dislike the native one, and as the reference
+// the native engine was checked against.
 type engine interface {
 	serve(conn *net.UDPConn) error // returns after shutdown
 	shutdown()                     // stop taking requests, wait for transfers to end
@@ -61,6 +68,9 @@ func newPinEngine(s *Server, ctx context.Context) *pinEngine {
 	// when the MTU lookup fails to 512, which cut throughput 6x. Clients ask
 	// for what fits their link (iPXE <= 1432, EDK2 1468), so honour it.
 	e.ps.SetBlockSizeNegotiation(false)
+	if s.cfg.MaxBlockSize < MaxBlockSizeLimit {
+		e.ps.SetBlockSize(s.cfg.MaxBlockSize) // a cap, > 512 (checked in New)
+	}
 	e.ps.SetTimeout(s.cfg.Timeout)
 	e.ps.SetRetries(s.cfg.Retries)
 	// The library sleeps up to 1 s (random) after each timeout by default;
@@ -113,7 +123,7 @@ type pinOutgoing struct {
 	client netip.AddrPort
 }
 
-func (o *pinOutgoing) send(r io.ReadSeeker) (int64, int, error) {
+func (o *pinOutgoing) send(r *fileReader) (sendStats, error) {
 	pt := &pinTransfer{}
 	o.e.mu.Lock()
 	// A client that retransmits its request gets two transfers from one
@@ -132,7 +142,8 @@ func (o *pinOutgoing) send(r io.ReadSeeker) (int64, int, error) {
 	}
 	blockSize := pt.blockSize
 	o.e.mu.Unlock()
-	return n, blockSize, err
+	// pin/tftp sends one block at a time (SetAnticipate is not negotiated).
+	return sendStats{bytes: n, blockSize: blockSize, windowSize: 1}, err
 }
 
 // pinHook receives pin/tftp's transfer reports.

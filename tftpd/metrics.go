@@ -9,6 +9,7 @@ type Metrics struct {
 	bytes     prometheus.Counter
 	malformed prometheus.Counter
 	active    prometheus.Gauge
+	resent    prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (skipped if reg
@@ -27,11 +28,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bootserve_tftp_malformed_packets_total",
-			Help: "Packets to the TFTP port that were not a well-formed request, dropped.",
+			Help: "Packets that were not a well-formed TFTP request (or, during a transfer, neither ACK nor ERROR), including requests with bad option values.",
 		}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "bootserve_tftp_active_transfers",
 			Help: "TFTP transfers holding a concurrency slot.",
+		}),
+		resent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bootserve_tftp_retransmitted_packets_total",
+			Help: "DATA and OACK packets sent again after a timeout or a lost block (native engine).",
 		}),
 	}
 	// Export every outcome from the start so rate() sees a zero, not a gap.
@@ -39,18 +44,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.transfers.WithLabelValues(string(o))
 	}
 	if reg != nil {
-		reg.MustRegister(m.transfers, m.bytes, m.malformed, m.active)
+		reg.MustRegister(m.transfers, m.bytes, m.malformed, m.active, m.resent)
 	}
 	return m
 }
 
-func (m *Metrics) transferDone(o Outcome, bytes int64) {
+func (m *Metrics) transferDone(o Outcome, bytes int64, retransmits int) {
 	if m == nil {
 		return
 	}
 	m.transfers.WithLabelValues(string(o)).Inc()
 	if bytes > 0 {
 		m.bytes.Add(float64(bytes))
+	}
+	if retransmits > 0 {
+		m.resent.Add(float64(retransmits))
 	}
 }
 

@@ -15,7 +15,9 @@ import (
 // MTU. pin/tftp's default would clamp the block size to that interface's MTU
 // (1472) and, when the lookup fails, to 512; bootserve honours what the
 // client asks, and blocks larger than the MTU are fragmented by IP.
-func TestBlksizeOverEthernetMTU(t *testing.T) {
+func TestBlksizeOverEthernetMTU(t *testing.T) { forEachEngine(t, testBlksizeOverEthernetMTU) }
+
+func testBlksizeOverEthernetMTU(t *testing.T, engine string) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a network namespace")
 	}
@@ -44,7 +46,7 @@ func TestBlksizeOverEthernetMTU(t *testing.T) {
 
 	file := randomBytes(t, 500_000)
 	ended := make(chan Transfer, 4)
-	ts := startServer(t, Config{Source: Map{"f": file}, OnTransfer: func(tr Transfer) {
+	ts := startServer(t, Config{Engine: engine, Source: Map{"f": file}, OnTransfer: func(tr Transfer) {
 		if tr.Done {
 			ended <- tr
 		}

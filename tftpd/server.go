@@ -3,9 +3,9 @@
 // refuses writes, and reports every request to the log, Prometheus metrics and
 // an optional callback.
 //
-// The protocol itself is github.com/pin/tftp/v3 (engine.go, which also lists
-// what that library does not let us do); this file holds the policy: names,
-// limits, outcomes, shutdown.
+// The protocol runs in an engine (engine.go): bootserve's own (native.go,
+// the default, with RFC 7440 windows) or github.com/pin/tftp/v3. This file
+// holds the policy both share: names, limits, outcomes, shutdown.
 package tftpd
 
 import (
@@ -30,6 +30,16 @@ const (
 	DefaultTimeout       = time.Second
 	DefaultRetries       = 5
 	DefaultShutdownGrace = 5 * time.Second
+	// DefaultMaxWindowSize bounds RFC 7440 windows: shim and EDK2 ask for 4,
+	// and 64 blocks of 1468 bytes (94 KB) fit the default socket buffers of
+	// a receiving Linux or firmware stack.
+	DefaultMaxWindowSize = 64
+)
+
+// Engines for Config.Engine.
+const (
+	EngineNative = "native"
+	EnginePin    = "pin"
 )
 
 // Config configures a Server. Only Source is required.
@@ -59,6 +69,18 @@ type Config struct {
 	// ShutdownGrace is how long Serve lets running transfers finish after its
 	// context is cancelled before aborting them. Default DefaultShutdownGrace.
 	ShutdownGrace time.Duration
+	// Engine runs the protocol: EngineNative (the default) or EnginePin.
+	// engine.go says why there are two.
+	Engine string
+	// MaxBlockSize caps the block size a client may negotiate (RFC 2348
+	// allows 8..65464, the default cap). There is no MTU clamp: clients ask
+	// for what fits their link, and larger blocks are fragmented by IP. The
+	// pin engine needs a cap above 512 and ignores requests below 512.
+	MaxBlockSize int
+	// MaxWindowSize caps the RFC 7440 window a client may negotiate
+	// (1..65535; default DefaultMaxWindowSize). The pin engine does not
+	// negotiate windows: it always sends one block at a time.
+	MaxWindowSize int
 }
 
 // Outcome classifies how a read request ended; the values are also the
@@ -94,8 +116,14 @@ type Transfer struct {
 	Bytes int64
 	// BlockSize is the negotiated block size, 0 if unknown.
 	BlockSize int
-	Start     time.Time
-	Duration  time.Duration
+	// WindowSize is the negotiated number of blocks sent before waiting
+	// for an ACK (RFC 7440): 1 is lock-step, 0 unknown.
+	WindowSize int
+	// Retransmits counts packets sent again (after a timeout or a lost
+	// block); only the native engine counts them.
+	Retransmits int
+	Start       time.Time
+	Duration    time.Duration
 	// Done is false in the start event and true in the end event.
 	Done    bool
 	Outcome Outcome // set when Done
@@ -117,6 +145,28 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxTransfers < 0 || cfg.Timeout < 0 || cfg.Retries < 0 || cfg.ShutdownGrace < 0 {
 		return nil, fmt.Errorf("tftpd: negative MaxTransfers (%d), Timeout (%s), Retries (%d) or ShutdownGrace (%s): use 0 for the default",
 			cfg.MaxTransfers, cfg.Timeout, cfg.Retries, cfg.ShutdownGrace)
+	}
+	switch cfg.Engine {
+	case "":
+		cfg.Engine = EngineNative
+	case EngineNative, EnginePin:
+	default:
+		return nil, fmt.Errorf("tftpd: unknown Engine %q: use %q (the default) or %q", cfg.Engine, EngineNative, EnginePin)
+	}
+	if cfg.MaxBlockSize == 0 {
+		cfg.MaxBlockSize = MaxBlockSizeLimit
+	}
+	if cfg.MaxBlockSize < MinBlockSize || cfg.MaxBlockSize > MaxBlockSizeLimit {
+		return nil, fmt.Errorf("tftpd: MaxBlockSize %d outside %d..%d (RFC 2348): use 0 for no cap", cfg.MaxBlockSize, MinBlockSize, MaxBlockSizeLimit)
+	}
+	if cfg.Engine == EnginePin && cfg.MaxBlockSize <= defaultBlockSize {
+		return nil, fmt.Errorf("tftpd: MaxBlockSize %d: the pin engine can only cap block sizes above %d; use the native engine", cfg.MaxBlockSize, defaultBlockSize)
+	}
+	if cfg.MaxWindowSize == 0 {
+		cfg.MaxWindowSize = DefaultMaxWindowSize
+	}
+	if cfg.MaxWindowSize < 1 || cfg.MaxWindowSize > MaxWindowSizeLimit {
+		return nil, fmt.Errorf("tftpd: MaxWindowSize %d outside 1..%d (RFC 7440): use 0 for the default %d", cfg.MaxWindowSize, MaxWindowSizeLimit, DefaultMaxWindowSize)
 	}
 	if cfg.MaxTransfers == 0 {
 		cfg.MaxTransfers = DefaultMaxTransfers
@@ -194,7 +244,12 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	// Transfers outlive ctx by up to ShutdownGrace; abortCtx ends them.
 	abortCtx, abort := context.WithCancel(context.WithoutCancel(ctx))
 	defer abort()
-	var eng engine = newPinEngine(s, abortCtx)
+	var eng engine
+	if s.cfg.Engine == EnginePin {
+		eng = newPinEngine(s, abortCtx)
+	} else {
+		eng = newNativeEngine(s, abortCtx)
+	}
 	served := make(chan error, 1)
 	go func() { served <- eng.serve(udp) }()
 
@@ -211,7 +266,8 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	go func() {
 		// Close first: pin/tftp only closes a socket it has already
 		// recorded, and a Serve cancelled at once could otherwise leave its
-		// request loop blocked in a read forever.
+		// request loop blocked in a read forever. Closing also ends the
+		// native engine's request loop.
 		udp.Close()
 		eng.shutdown()
 		close(stopped)
@@ -238,15 +294,23 @@ type request struct {
 
 // outgoing is the engine's half of one read transfer.
 type outgoing interface {
-	// send transmits r, answering tsize from r's Seek, and returns the file
-	// bytes sent and the block size used (0 if unknown). When it returns an
-	// error the engine has already told the client.
-	send(r io.ReadSeeker) (sent int64, blockSize int, err error)
+	// send transmits r (exactly r.size bytes; pin/tftp reads it with Read
+	// and Seek, the native engine with ReadAt). When it returns an error the
+	// engine has already told the client, if that was due.
+	send(r *fileReader) (sendStats, error)
+}
+
+// sendStats is what an engine reports about a transfer.
+type sendStats struct {
+	bytes       int64 // file bytes sent (native: acknowledged)
+	blockSize   int   // 0 if unknown
+	windowSize  int
+	retransmits int
 }
 
 // tftpError is what a client is told. code is the RFC 1350 error code the
-// case deserves; pin/tftp sends every error with code 1 (engine.go), so today
-// only msg reaches clients. Messages never carry server paths.
+// case deserves; pin/tftp sends every error with code 1 (engine.go), so with
+// that engine only msg tells them apart. Messages never carry server paths.
 type tftpError struct {
 	code uint16
 	msg  string
@@ -312,7 +376,9 @@ func (s *Server) serveRead(ctx context.Context, req request, out outgoing) error
 	s.emit(t)
 
 	r := &fileReader{ctx: ctx, sr: io.NewSectionReader(f, 0, size), size: size}
-	t.Bytes, t.BlockSize, err = out.send(r)
+	var st sendStats
+	st, err = out.send(r)
+	t.Bytes, t.BlockSize, t.WindowSize, t.Retransmits = st.bytes, st.blockSize, st.windowSize, st.retransmits
 	switch {
 	case err == nil:
 		s.finish(t, OutcomeOK, nil)
@@ -335,16 +401,17 @@ func (s *Server) refuseWrite(req request) error {
 	return errReadOnly
 }
 
-// malformed records a packet the engine dropped.
+// malformed records a packet that was not a well-formed request, or a
+// packet during a transfer that was neither ACK nor ERROR.
 func (s *Server) malformed(err error) {
 	s.cfg.Metrics.malformedPacket()
-	s.log.Debug("tftp malformed packet dropped", "err", err)
+	s.log.Debug("tftp malformed packet", "err", err)
 }
 
 func (s *Server) finish(t Transfer, o Outcome, err error) {
 	t.Done, t.Outcome, t.Err = true, o, err
 	t.Duration = time.Since(t.Start)
-	s.cfg.Metrics.transferDone(o, t.Bytes)
+	s.cfg.Metrics.transferDone(o, t.Bytes, t.Retransmits)
 	s.logTransfer(t)
 	s.emit(t)
 }
@@ -367,8 +434,8 @@ func (s *Server) logTransfer(t Transfer) {
 		if secs > 0 {
 			mbps = math.Round(float64(t.Bytes)/secs/1e5) / 10 // MB/s, one decimal
 		}
-		s.log.Info("tftp transfer complete", append(attrs, "size", t.Size, "blksize", t.BlockSize,
-			"duration", t.Duration.Round(time.Microsecond), "mb_per_s", mbps)...)
+		s.log.Info("tftp transfer complete", append(attrs, "size", t.Size, "blksize", t.BlockSize, "windowsize", t.WindowSize,
+			"retransmits", t.Retransmits, "duration", t.Duration.Round(time.Microsecond), "mb_per_s", mbps)...)
 	case OutcomeNotFound:
 		s.log.Info("tftp file not found", append(attrs, "err", t.Err)...)
 	case OutcomeAbortedProbe:
@@ -380,14 +447,15 @@ func (s *Server) logTransfer(t Transfer) {
 		s.log.Warn("tftp request refused", append(attrs, "err", t.Err)...)
 	default:
 		s.log.Warn("tftp transfer failed", append(attrs, "size", t.Size, "sent", t.Bytes, "blksize", t.BlockSize,
-			"duration", t.Duration.Round(time.Microsecond), "err", t.Err)...)
+			"windowsize", t.WindowSize, "retransmits", t.Retransmits, "duration", t.Duration.Round(time.Microsecond), "err", t.Err)...)
 	}
 }
 
-// fileReader feeds one transfer exactly size bytes. It is seekable so the
-// engine can answer tsize, notes whether the data phase started (to tell a
-// size probe from a failure), and hands the engine client-safe errors while
-// keeping the real cause for the log.
+// fileReader feeds one transfer exactly size bytes. It is seekable so
+// pin/tftp can answer tsize, has ReadAt for the native engine, notes whether
+// the data phase started (to tell a size probe from a failure), and hands
+// the engine client-safe errors while keeping the real cause for the log.
+// One transfer goroutine uses it.
 type fileReader struct {
 	ctx     context.Context
 	sr      *io.SectionReader
@@ -422,4 +490,30 @@ func (r *fileReader) Read(p []byte) (int, error) {
 
 func (r *fileReader) Seek(offset int64, whence int) (int64, error) {
 	return r.sr.Seek(offset, whence)
+}
+
+// ReadAt reads len(p) bytes at off; callers never read past size.
+func (r *fileReader) ReadAt(p []byte, off int64) (int, error) {
+	r.started = true
+	if r.ctx.Err() != nil {
+		r.err = errShuttingDown
+		return 0, errShuttingDown
+	}
+	n, err := r.sr.ReadAt(p, off)
+	switch {
+	case n == len(p):
+		return n, nil // a SectionReader may add io.EOF when p reaches the end
+	case errors.Is(err, io.EOF):
+		if end := off + int64(n); end < r.size {
+			r.err = fmt.Errorf("file ended at %d of the %d bytes announced: it changed during the transfer", end, r.size)
+			return n, errShortFile
+		}
+		return n, io.EOF
+	default:
+		if err == nil {
+			err = io.ErrNoProgress // a ReaderAt must not return a short read without an error
+		}
+		r.err = fmt.Errorf("read: %w", err)
+		return n, errRead
+	}
 }

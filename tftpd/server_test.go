@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -27,14 +28,37 @@ func TestNewConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.cfg.MaxTransfers != DefaultMaxTransfers || s.cfg.Timeout != DefaultTimeout || s.cfg.Retries != DefaultRetries || s.cfg.ShutdownGrace != DefaultShutdownGrace {
+	if s.cfg.MaxTransfers != DefaultMaxTransfers || s.cfg.Timeout != DefaultTimeout || s.cfg.Retries != DefaultRetries || s.cfg.ShutdownGrace != DefaultShutdownGrace ||
+		s.cfg.Engine != EngineNative || s.cfg.MaxBlockSize != MaxBlockSizeLimit || s.cfg.MaxWindowSize != DefaultMaxWindowSize {
 		t.Errorf("defaults not applied: %+v", s.cfg)
+	}
+	for _, bad := range []Config{
+		{Engine: "atftpd"},
+		{MaxBlockSize: 7},
+		{MaxBlockSize: 65465},
+		{MaxBlockSize: -1},
+		{MaxWindowSize: -1},
+		{MaxWindowSize: 65536},
+		{Engine: EnginePin, MaxBlockSize: 512}, // pin/tftp cannot cap at or below 512
+	} {
+		bad.Source = Map{}
+		if _, err := New(bad); err == nil {
+			t.Errorf("New(%+v) succeeded", bad)
+		}
+	}
+	for _, good := range []Config{{Engine: EnginePin}, {MaxBlockSize: 8, MaxWindowSize: 65535}, {Engine: EnginePin, MaxBlockSize: 1468}} {
+		good.Source = Map{}
+		if _, err := New(good); err != nil {
+			t.Errorf("New(%+v): %v", good, err)
+		}
 	}
 }
 
-func TestTsizeAndBlksize(t *testing.T) {
+func TestTsizeAndBlksize(t *testing.T) { forEachEngine(t, testTsizeAndBlksize) }
+
+func testTsizeAndBlksize(t *testing.T, engine string) {
 	file := randomBytes(t, 300_000)
-	ts := startServer(t, Config{Source: Map{"f.bin": file, "empty": nil}}, "")
+	ts := startServer(t, Config{Engine: engine, Source: Map{"f.bin": file, "empty": nil}}, "")
 
 	for _, blksize := range []int{8, 512, 1432, 1468, 8192, 65464} {
 		c := newRawClient(t)
@@ -43,9 +67,10 @@ func TestTsizeAndBlksize(t *testing.T) {
 			t.Errorf("blksize %d: OACK tsize = %q, want %d", blksize, oack["tsize"], len(file))
 		}
 		// pin/tftp refuses blksize < 512 by ignoring the option (RFC 2347
-		// allows it): blocks are then 512 bytes and blksize is not in the OACK.
+		// allows it): blocks are then 512 bytes and blksize is not in the
+		// OACK. The native engine honours RFC 2348's whole range.
 		wantBlk := strconv.Itoa(blksize)
-		if blksize < 512 {
+		if blksize < 512 && engine == EnginePin {
 			wantBlk = ""
 		}
 		if oack["blksize"] != wantBlk {
@@ -67,20 +92,39 @@ func TestTsizeAndBlksize(t *testing.T) {
 	if oack != nil || !bytes.Equal(got, file) {
 		t.Errorf("no options: OACK %v, %d bytes", oack, len(got))
 	}
-	// Empty file: pin/tftp leaves tsize=0 out of the OACK (engine.go).
-	_, got = c.get(ts.addr, "empty", "tsize", "0", "blksize", "1468")
+	// Empty file: the native engine announces tsize 0; pin/tftp leaves
+	// tsize=0 out of the OACK (engine.go).
+	oack, got = c.get(ts.addr, "empty", "tsize", "0", "blksize", "1468")
 	if len(got) != 0 {
 		t.Errorf("empty file: got %d bytes", len(got))
+	}
+	if tsize, ok := oack["tsize"]; (engine == EngineNative && tsize != "0") || (engine == EnginePin && ok) {
+		t.Errorf("empty file: OACK %v", oack)
 	}
 	ts.waitOutcome(t, OutcomeOK, 9)
 }
 
-func TestReplyFromRequestAddress(t *testing.T) {
+func TestMaxBlockSize(t *testing.T) { forEachEngine(t, testMaxBlockSize) }
+
+func testMaxBlockSize(t *testing.T, engine string) {
+	file := randomBytes(t, 20_000)
+	ts := startServer(t, Config{Engine: engine, Source: Map{"f": file}, MaxBlockSize: 1468}, "")
+	for ask, want := range map[string]string{"8192": "1468", "1468": "1468", "1024": "1024"} {
+		oack, got := newRawClient(t).get(ts.addr, "f", "blksize", ask)
+		if oack["blksize"] != want || !bytes.Equal(got, file) {
+			t.Errorf("blksize %s with MaxBlockSize 1468: OACK %v, %d bytes", ask, oack, len(got))
+		}
+	}
+}
+
+func TestReplyFromRequestAddress(t *testing.T) { forEachEngine(t, testReplyFromRequestAddress) }
+
+func testReplyFromRequestAddress(t *testing.T, engine string) {
 	// The server listens on 127.0.0.2 and the client is on 127.0.0.1. A
 	// transfer socket bound to the wildcard address would answer from
 	// 127.0.0.1 (the kernel's choice for that destination); clients drop
 	// replies from an address they did not talk to.
-	ts := startServer(t, Config{Source: Map{"f": []byte("hello")}}, "127.0.0.2:0")
+	ts := startServer(t, Config{Engine: engine, Source: Map{"f": []byte("hello")}}, "127.0.0.2:0")
 	c := newRawClient(t)
 	c.send(ts.addr, rq(opRRQ, "f", "octet", "tsize", "0"))
 	p := c.mustRecv()
@@ -96,10 +140,24 @@ func TestReplyFromRequestAddress(t *testing.T) {
 	if string(got) != "hello" {
 		t.Errorf("got %q", got)
 	}
+	// Errors too come from the address the client talked to.
+	c = newRawClient(t)
+	c.send(ts.addr, rq(opRRQ, "missing", "octet"))
+	if p := c.mustRecv(); p.op() != opERROR || !p.from.IP.Equal(ts.addr.IP) {
+		t.Errorf("not found: %v from %v, want ERROR from %v", p, p.from, ts.addr.IP)
+	}
+	if engine == EngineNative {
+		c.send(ts.addr, []byte{0, 9}) // malformed: answered from the server port
+		if p := c.mustRecv(); p.op() != opERROR || !p.from.IP.Equal(ts.addr.IP) || p.from.Port != ts.addr.Port {
+			t.Errorf("malformed: %v from %v, want ERROR from %v", p, p.from, ts.addr)
+		}
+	}
 }
 
-func TestWriteRefused(t *testing.T) {
-	ts := startServer(t, Config{Source: Map{}}, "")
+func TestWriteRefused(t *testing.T) { forEachEngine(t, testWriteRefused) }
+
+func testWriteRefused(t *testing.T, engine string) {
+	ts := startServer(t, Config{Engine: engine, Source: Map{}}, "")
 
 	cl, err := tftp.NewClient(ts.addr.String())
 	if err != nil {
@@ -111,17 +169,29 @@ func TestWriteRefused(t *testing.T) {
 	}
 
 	c := newRawClient(t)
-	c.send(ts.addr, rq(opWRQ, "x", "octet"))
-	if p := c.mustRecv(); p.op() != opERROR || !strings.Contains(p.errMsg(), "read-only") {
+	c.send(ts.addr, rq(opWRQ, "x", "octet", "blksize", "1468"))
+	if p := c.expectError("raw WRQ", code(engine, 2), ""); !strings.Contains(p.errMsg(), "read-only") {
 		t.Errorf("raw WRQ: got %v, want ERROR read-only", p)
 	}
 	ts.waitOutcome(t, OutcomeRefused, 2)
 }
 
-func TestNotFoundAndTraversal(t *testing.T) {
+// code is the error code engine sends for a case that deserves want:
+// pin/tftp sends 1 whatever the case.
+func code(engine string, want int) int {
+	if engine == EnginePin {
+		return 1
+	}
+	return want
+}
+
+func TestNotFoundAndTraversal(t *testing.T) { forEachEngine(t, testNotFoundAndTraversal) }
+
+func testNotFoundAndTraversal(t *testing.T, engine string) {
 	var events []Transfer
 	var mu sync.Mutex
 	ts := startServer(t, Config{
+		Engine: engine,
 		Source: Dir(traversalTree(t)),
 		OnTransfer: func(tr Transfer) {
 			mu.Lock()
@@ -130,26 +200,23 @@ func TestNotFoundAndTraversal(t *testing.T) {
 		},
 	}, "")
 	c := newRawClient(t)
-	expectError := func(name string, wantMsg string) {
+	expectError := func(name string, want *tftpError) {
 		t.Helper()
 		c.send(ts.addr, rq(opRRQ, name, "octet", "tsize", "0"))
-		p := c.mustRecv()
-		if p.op() != opERROR || p.errMsg() != wantMsg {
-			t.Errorf("RRQ %q: got %v, want ERROR %q", name, p, wantMsg)
-		}
+		p := c.expectError("RRQ "+name, code(engine, int(want.code)), want.msg)
 		if strings.Contains(p.errMsg(), "/") {
 			t.Errorf("RRQ %q: error %q shows a server path", name, p.errMsg())
 		}
 	}
 	// pin/tftp sends every error with code 1; the message tells them apart.
 	for _, name := range []string{"missing", "/etc/passwd", `..\secret.txt`, "%2e%2e/secret.txt", "sub", "fifo"} {
-		expectError(name, errNotFound.msg)
+		expectError(name, errNotFound)
 	}
 	for _, name := range []string{"../secret.txt", "/../secret.txt", "a/../../secret.txt", "//etc/passwd", "./ok.bin"} {
-		expectError(name, errAccess.msg)
+		expectError(name, errAccess)
 	}
 	for _, name := range []string{"escape", "sub/escape", "abs"} { // symlinks leaving the root
-		expectError(name, errOpen.msg)
+		expectError(name, errOpen)
 	}
 	ts.waitOutcome(t, OutcomeNotFound, 6)
 	ts.waitOutcome(t, OutcomeRefused, 5)
@@ -184,19 +251,25 @@ func TestNotFoundAndTraversal(t *testing.T) {
 	}
 }
 
-func TestTransferEventsAndLog(t *testing.T) {
+func TestTransferEventsAndLog(t *testing.T) { forEachEngine(t, testTransferEventsAndLog) }
+
+func testTransferEventsAndLog(t *testing.T, engine string) {
 	file := randomBytes(t, 100_000)
 	events := make(chan Transfer, 10)
-	ts := startServer(t, Config{Source: Map{"f": file}, OnTransfer: func(tr Transfer) { events <- tr }}, "")
+	ts := startServer(t, Config{Engine: engine, Source: Map{"f": file}, OnTransfer: func(tr Transfer) { events <- tr }}, "")
 	c := newRawClient(t)
-	c.get(ts.addr, "/f", "blksize", "1468", "tsize", "0")
+	c.get(ts.addr, "/f", "blksize", "1468", "tsize", "0", "windowsize", "4")
+	window := 4
+	if engine == EnginePin {
+		window = 1 // pin/tftp does not negotiate windows
+	}
 
 	start, end := <-events, <-events
 	client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(c.conn.LocalAddr().(*net.UDPAddr).Port))
 	if start.Done || start.Client != client || start.File != "f" || start.Size != int64(len(file)) || start.Bytes != 0 {
 		t.Errorf("start event = %+v", start)
 	}
-	if !end.Done || end.Outcome != OutcomeOK || end.Err != nil || end.Bytes != int64(len(file)) || end.BlockSize != 1468 ||
+	if !end.Done || end.Outcome != OutcomeOK || end.Err != nil || end.Bytes != int64(len(file)) || end.BlockSize != 1468 || end.WindowSize != window ||
 		end.Client != client || end.Local != client.Addr() || end.Duration <= 0 || !end.Start.Equal(start.Start) {
 		t.Errorf("end event = %+v", end)
 	}
@@ -207,7 +280,7 @@ func TestTransferEventsAndLog(t *testing.T) {
 	}
 	l := info[0]
 	if l["client"] != client.String() || l["server"] != "127.0.0.1" || l["file"] != "f" || l["size"] != float64(len(file)) || l["blksize"] != float64(1468) ||
-		l["duration"] == nil || l["mb_per_s"] == nil {
+		l["windowsize"] != float64(window) || l["duration"] == nil || l["mb_per_s"] == nil {
 		t.Errorf("transfer log line = %v", l)
 	}
 	if got := testutilFloat(ts.metrics.bytes); got != float64(len(file)) {
@@ -215,52 +288,103 @@ func TestTransferEventsAndLog(t *testing.T) {
 	}
 }
 
-func TestMalformedPackets(t *testing.T) {
+func TestMalformedPackets(t *testing.T) { forEachEngine(t, testMalformedPackets) }
+
+func testMalformedPackets(t *testing.T, engine string) {
 	file := randomBytes(t, 5000)
-	ts := startServer(t, Config{Source: Map{"f": file}, Timeout: 200 * time.Millisecond, Retries: 1}, "")
+	ts := startServer(t, Config{Engine: engine, Source: Map{"f": file}, Timeout: 200 * time.Millisecond, Retries: 1}, "")
 	c := newRawClient(t)
-	garbage := [][]byte{
-		{},                                    // empty datagram
-		{0},                                   // 1 byte
-		{0, 1, 'a'},                           // RRQ too short
-		{0, 9, 'x', 0, 'o', 0},                // unknown opcode
-		{0xff, 0xff},                          // unknown opcode, 2 bytes
-		[]byte("\x00\x01no-terminator"),       // RRQ without any NUL
-		ackPacket(1),                          // ACK to the server port
-		{0, opDATA, 0, 1, 'd', 'a', 't', 'a'}, // DATA to the server port
-		errorPacket(0, "stray"),               // ERROR to the server port
+	garbage := []struct {
+		b         []byte
+		code      int  // what the native engine answers, -1 for nothing
+		pinServes bool // pin/tftp takes it for a request and sends DATA 1
+	}{
+		{[]byte{}, -1, false},                                   // empty datagram
+		{[]byte{0}, -1, false},                                  // 1 byte
+		{[]byte{0, 1, 'a'}, 4, false},                           // RRQ too short
+		{[]byte{0, 9, 'x', 0, 'o', 0}, 4, false},                // unknown opcode
+		{[]byte{0xff, 0xff}, 4, false},                          // unknown opcode, 2 bytes
+		{[]byte("\x00\x01no-terminator"), 4, false},             // RRQ without any NUL
+		{[]byte("\x00\x01f\x00octet\x00blk"), 4, true},          // last string without its NUL
+		{rq(opRRQ, "f", "mail"), 4, true},                       // mode not supported
+		{ackPacket(1), 4, false},                                // ACK to the server port
+		{[]byte{0, opDATA, 0, 1, 'd', 'a', 't', 'a'}, 4, false}, // DATA to the server port
+		{errorPacket(0, "stray"), -1, false},                    // ERROR to the server port: never answered
 	}
+	malformed := 0
 	for _, g := range garbage {
-		c.send(ts.addr, g)
+		if engine == EnginePin && g.pinServes {
+			c := newRawClient(t) // see abortNote
+			c.send(ts.addr, g.b)
+			p := c.mustRecv()
+			if p.op() != opDATA {
+				t.Errorf("%q: pin/tftp answered %v, want DATA 1", g.b, p)
+			}
+			c.send(p.from, errorPacket(0, "enough"))
+			continue
+		}
+		malformed++
+		c.send(ts.addr, g.b)
+		if engine == EngineNative && g.code >= 0 {
+			c.expectError(fmt.Sprintf("%q", g.b), g.code, "")
+		}
 	}
-	// Bad option values are ignored, not refused: the transfer runs with
-	// 512-byte blocks (see engine.go: these are not counted).
-	for _, v := range []string{"abc", "1", "-5", "99999999999999999999", ""} {
+	c.quiet("after the garbage", 100*time.Millisecond)
+
+	// Bad option values: the native engine refuses them with error 8 and
+	// counts them. pin/tftp ignores them, as RFC 2347 permits, and sends
+	// 512-byte blocks (see engine.go: not counted).
+	for _, opts := range [][]string{
+		{"blksize", "abc"}, {"blksize", "1"}, {"blksize", "-5"}, {"blksize", ""}, {"blksize", "7"},
+		{"windowsize", "0"}, {"windowsize", "x"}, {"timeout", "0"}, {"timeout", "256"},
+		{"blksize", "1468", "BLKSIZE", "1468"}, // twice
+		{"blksize", "1468", "tsize"},           // an option without a value
+	} {
 		c := newRawClient(t) // see abortNote
-		c.send(ts.addr, rq(opRRQ, "f", "octet", "blksize", v))
+		c.send(ts.addr, rq(opRRQ, "f", "octet", opts...))
 		p := c.mustRecv()
-		if p.op() != opDATA || len(p.data()) != 512 {
-			t.Errorf("blksize=%q: got %v, want DATA 1 with 512 bytes", v, p)
+		if engine == EngineNative {
+			if p.op() != opERROR || p.block() != 8 {
+				t.Errorf("%q: got %v, want ERROR 8", opts, p)
+			}
+			malformed++
+			continue
+		}
+		if p.op() != opDATA && p.op() != opOACK {
+			t.Errorf("%q: got %v, want DATA or OACK", opts, p)
 		}
 		c.send(p.from, errorPacket(0, "enough"))
 	}
-	want := float64(len(garbage))
+	// Options the server does not know, NUL padding, an oversized blksize
+	// (capped) and a long request are fine, and not counted.
+	for _, opts := range [][]string{
+		{"blksize", "99999999999999999999"}, {"multicast", ""}, {"utimeout", "abc", "windowsize", "2"},
+		{"tsize", "0", "", ""}, {"tsize", "enable"}, {strings.Repeat("x", 600), "1", "blksize", "1468"},
+	} {
+		_, got := newRawClient(t).get(ts.addr, "f", opts...)
+		if !bytes.Equal(got, file) {
+			t.Errorf("%q: got %d bytes", opts, len(got))
+		}
+	}
+	want := float64(malformed)
 	waitFor(t, "malformed counter", func() bool { return testutilFloat(ts.metrics.malformed) >= want })
 	if got := testutilFloat(ts.metrics.malformed); got != want {
 		t.Errorf("malformed = %v, want %v", got, want)
 	}
 	// Still serving.
-	if _, got := c.get(ts.addr, "f", "blksize", "1468"); !bytes.Equal(got, file) {
+	if _, got := newRawClient(t).get(ts.addr, "f", "blksize", "1468"); !bytes.Equal(got, file) {
 		t.Errorf("after garbage: got %d bytes", len(got))
 	}
-	if n := len(ts.logs.linesAt(t, "DEBUG")); n < len(garbage) {
+	if n := len(ts.logs.linesAt(t, "DEBUG")); n < malformed {
 		t.Errorf("%d debug lines, want one per malformed packet", n)
 	}
 }
 
-func TestClientNeverAcks(t *testing.T) {
+func TestClientNeverAcks(t *testing.T) { forEachEngine(t, testClientNeverAcks) }
+
+func testClientNeverAcks(t *testing.T, engine string) {
 	const timeout, retries = 100 * time.Millisecond, 2
-	ts := startServer(t, Config{Source: Map{"f": randomBytes(t, 10_000)}, Timeout: timeout, Retries: retries, MaxTransfers: 1}, "")
+	ts := startServer(t, Config{Engine: engine, Source: Map{"f": randomBytes(t, 10_000)}, Timeout: timeout, Retries: retries, MaxTransfers: 1}, "")
 	c := newRawClient(t)
 	start := time.Now()
 	c.send(ts.addr, rq(opRRQ, "f", "octet"))
@@ -293,9 +417,11 @@ func TestClientNeverAcks(t *testing.T) {
 	}
 }
 
-func TestConcurrencyLimit(t *testing.T) {
+func TestConcurrencyLimit(t *testing.T) { forEachEngine(t, testConcurrencyLimit) }
+
+func testConcurrencyLimit(t *testing.T, engine string) {
 	file := randomBytes(t, 3000)
-	ts := startServer(t, Config{Source: Map{"f": file}, MaxTransfers: 2, Timeout: 5 * time.Second}, "")
+	ts := startServer(t, Config{Engine: engine, Source: Map{"f": file}, MaxTransfers: 2, Timeout: 5 * time.Second}, "")
 	// Two clients take both slots and sit on DATA 1.
 	var holders []*rawClient
 	var peers []*net.UDPAddr
@@ -312,9 +438,7 @@ func TestConcurrencyLimit(t *testing.T) {
 
 	c := newRawClient(t)
 	c.send(ts.addr, rq(opRRQ, "f", "octet"))
-	if p := c.mustRecv(); p.op() != opERROR || p.errMsg() != errBusy.msg {
-		t.Fatalf("third client got %v, want ERROR %q", p, errBusy.msg)
-	}
+	c.expectError("third client", code(engine, 0), errBusy.msg)
 	ts.waitOutcome(t, OutcomeRefused, 1)
 
 	// One holder gives up: its slot is released and the third client is served.
@@ -330,9 +454,11 @@ func TestConcurrencyLimit(t *testing.T) {
 
 // EDK2 (OVMF) asks tsize, blksize 1468 and windowsize 4, reads the size from
 // the OACK, ends that exchange, and then does the real read.
-func TestEDK2SizeProbe(t *testing.T) {
+func TestEDK2SizeProbe(t *testing.T) { forEachEngine(t, testEDK2SizeProbe) }
+
+func testEDK2SizeProbe(t *testing.T, engine string) {
 	file := randomBytes(t, 200_000)
-	ts := startServer(t, Config{Source: Map{"snponly.efi": file}, Timeout: 100 * time.Millisecond, Retries: 2}, "")
+	ts := startServer(t, Config{Engine: engine, Source: Map{"snponly.efi": file}, Timeout: 100 * time.Millisecond, Retries: 2}, "")
 	edk2 := []string{"tsize", "0", "blksize", "1468", "windowsize", "4"}
 
 	for i, abort := range []string{"error packet", "silence"} {
@@ -343,8 +469,12 @@ func TestEDK2SizeProbe(t *testing.T) {
 			t.Fatalf("%s: got %v, want OACK", abort, p)
 		}
 		o := p.oack()
-		if o["tsize"] != strconv.Itoa(len(file)) || o["blksize"] != "1468" || o["windowsize"] != "" {
-			t.Errorf("%s: OACK %v, want tsize=%d blksize=1468 and no windowsize", abort, o, len(file))
+		window := "4"
+		if engine == EnginePin {
+			window = "" // not negotiated
+		}
+		if o["tsize"] != strconv.Itoa(len(file)) || o["blksize"] != "1468" || o["windowsize"] != window {
+			t.Errorf("%s: OACK %v, want tsize=%d blksize=1468 windowsize=%q", abort, o, len(file), window)
 		}
 		if abort == "error packet" {
 			c.send(p.from, errorPacket(8, "User aborted the transfer"))
@@ -373,9 +503,11 @@ func TestEDK2SizeProbe(t *testing.T) {
 	}
 }
 
-func TestShutdown(t *testing.T) {
+func TestShutdown(t *testing.T) { forEachEngine(t, testShutdown) }
+
+func testShutdown(t *testing.T, engine string) {
 	// Idle: Serve returns at once.
-	ts := startServer(t, Config{Source: Map{}}, "")
+	ts := startServer(t, Config{Engine: engine, Source: Map{}}, "")
 	start := time.Now()
 	if err := ts.stop(); err != nil {
 		t.Fatal(err)
@@ -387,7 +519,7 @@ func TestShutdown(t *testing.T) {
 	// A slow transfer is aborted once the grace period is over, and the
 	// client is told.
 	const grace = 300 * time.Millisecond
-	ts = startServer(t, Config{Source: Map{"f": randomBytes(t, 1<<20)}, ShutdownGrace: grace}, "")
+	ts = startServer(t, Config{Engine: engine, Source: Map{"f": randomBytes(t, 1<<20)}, ShutdownGrace: grace}, "")
 	c := newRawClient(t)
 	c.send(ts.addr, rq(opRRQ, "f", "octet"))
 	p := c.mustRecv()
@@ -403,8 +535,8 @@ func TestShutdown(t *testing.T) {
 		c.send(p.from, ackPacket(p.block()))
 		p = c.mustRecv()
 	}
-	if p.op() != opERROR || p.errMsg() != errShuttingDown.msg {
-		t.Errorf("got %v, want ERROR %q", p, errShuttingDown.msg)
+	if p.op() != opERROR || p.errMsg() != errShuttingDown.msg || int(p.block()) != code(engine, 0) {
+		t.Errorf("got %v, want ERROR %d %q", p, code(engine, 0), errShuttingDown.msg)
 	}
 	d := <-stopped
 	if d < grace || d > grace+2*time.Second {
@@ -429,8 +561,10 @@ type fakePacketConn struct{ net.PacketConn }
 
 func (fakePacketConn) Close() error { return nil }
 
-func TestListenAndServe(t *testing.T) {
-	s, err := New(Config{Source: Map{"f": []byte("x")}})
+func TestListenAndServe(t *testing.T) { forEachEngine(t, testListenAndServe) }
+
+func testListenAndServe(t *testing.T, engine string) {
+	s, err := New(Config{Engine: engine, Source: Map{"f": []byte("x")}})
 	if err != nil {
 		t.Fatal(err)
 	}
