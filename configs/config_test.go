@@ -99,6 +99,8 @@ func TestBadConfigs(t *testing.T) {
 			[]string{`^b\.toml:7: machine\.initrd: unknown key`}},
 		{"wrong type", "http_port = \"eighty\"\n[default]\nkernel = \"" + k + "\"\n",
 			[]string{`^b\.toml:1: http_port: .*`}},
+		{"bad banner duration", "[firmware]\nipxe_banner = \"soon\"\n[default]\nkernel = \"" + k + "\"\n",
+			[]string{`^b\.toml:2: firmware\.ipxe_banner: invalid duration: "soon"`}},
 		{"syntax error", "[default\nkernel = 1\n",
 			[]string{`^b\.toml:[12]: expected`}},
 		{"bad MAC", "[default]\nkernel = \"" + k + "\"\n[[machine]]\nname = \"m\"\nmac = \"zz:00:00:00:00:01\"\nkernel = \"" + k + "\"\n",

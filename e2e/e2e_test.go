@@ -6,6 +6,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -129,6 +130,12 @@ func bootOnce(t *testing.T, fw netlab.Firmware) {
 			if !strings.Contains(out, want) {
 				t.Errorf("bootserve log lacks %q", want)
 			}
+		}
+		// The shipped snponly.efi has its 2 s Ctrl-B banner removed.
+		if serial, err := os.ReadFile(r.SerialLog); err != nil {
+			t.Error(err)
+		} else if bytes.Contains(serial, []byte("Press Ctrl-B")) {
+			t.Errorf("the EFI iPXE still shows its Ctrl-B banner (%s)", r.SerialLog)
 		}
 	case netlab.BIOS:
 		// The SeaBIOS NIC ROM is iPXE: it must get its script directly,

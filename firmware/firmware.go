@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // blobs holds the iPXE builds that `make firmware` extracted from Debian's
@@ -76,6 +77,11 @@ type Config struct {
 	// boot ISO images from RAM (Debian: syslinux-common's
 	// /usr/lib/syslinux/memdisk). Empty: ISOs boot with iPXE's sanboot.
 	Memdisk string `toml:"memdisk"`
+	// IPXEBanner is how long the x86-64 EFI iPXE builds shipped with
+	// bootserve wait at "Press Ctrl-B for the iPXE command line...". Zero
+	// (the default) removes the wait, as pixiecore's builds do; Debian's
+	// builds wait "2s". Files named by path are served unchanged.
+	IPXEBanner time.Duration `toml:"ipxe_banner"`
 
 	// SearchDir is where builtins are looked for when they were not embedded
 	// at build time; empty means DefaultSearchDir.
@@ -187,6 +193,14 @@ func Load(cfg Config) (*Set, error) {
 			}
 			s.missing[a] = fmt.Errorf("%w for %s: %v; run `make firmware`, install Debian's ipxe package, or set %s to a path", ErrNoBinary, a, err, a.ConfigKey())
 			continue
+		}
+		if _, builtin := builtinArch(v); builtin && a == EFIX64 {
+			if data, err := patchBanner(b.Data, cfg.IPXEBanner); err == nil {
+				b.Data = data
+				b.Origin += fmt.Sprintf(", banner wait %s", cfg.IPXEBanner)
+			} else if cfg.IPXEBanner > 0 {
+				return nil, fmt.Errorf("firmware.ipxe_banner = %q: %w", cfg.IPXEBanner, err)
+			}
 		}
 		b.Signed = peSigned(b.Data)
 		s.byArch[a] = b
