@@ -32,9 +32,19 @@ type Nix struct {
 	// Compression of the base member (members use the cache's).
 	Compression cpiocache.Compression
 
-	mu     sync.Mutex
-	base   map[string][]byte // top level → base member; immutable once built
-	shared map[string]*sharedInitrd
+	mu      sync.Mutex
+	base    map[string][]byte // top level → base member; immutable once built
+	shared  map[string]*sharedInitrd
+	pending map[string]*pendingInitrd // being assembled: later clients wait for it
+}
+
+// pendingInitrd is an assembly in progress. Twenty machines that ask for a
+// system's initrd at once must cost one closure query, one registration and
+// one set of open files, not twenty (that is most of a fresh process's
+// memory peak).
+type pendingInitrd struct {
+	done chan struct{}
+	err  error // set before done is closed
 }
 
 // sharedInitrd is one assembled initrd used by every client booting the
@@ -98,24 +108,45 @@ func (n *Nix) assemble(ctx context.Context, top string) (*cpiocache.Concat, erro
 // initrd returns the system's initrd, shared with other clients booting it
 // now; call release when done with it.
 func (n *Nix) initrd(ctx context.Context, top string) (c *cpiocache.Concat, release func(), err error) {
-	n.mu.Lock()
-	if sh, ok := n.shared[top]; ok {
-		sh.users++
+	for {
+		n.mu.Lock()
+		if sh, ok := n.shared[top]; ok {
+			sh.users++
+			n.mu.Unlock()
+			return sh.c, func() { n.release(top, sh) }, nil
+		}
+		p, ok := n.pending[top]
+		if !ok {
+			break // with n.mu held: this client assembles it
+		}
 		n.mu.Unlock()
-		return sh.c, func() { n.release(top, sh) }, nil
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		// The assembler's own client may have gone away: that is no
+		// answer for this one, which tries again.
+		if p.err != nil && !errors.Is(p.err, context.Canceled) && !errors.Is(p.err, context.DeadlineExceeded) {
+			return nil, nil, p.err
+		}
 	}
+	p := &pendingInitrd{done: make(chan struct{})}
+	if n.pending == nil {
+		n.pending = map[string]*pendingInitrd{}
+	}
+	n.pending[top] = p
 	n.mu.Unlock()
+
 	c, err = n.assemble(ctx, top)
-	if err != nil {
-		return nil, nil, err
-	}
+
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if sh, ok := n.shared[top]; ok {
-		// Another client assembled it meanwhile: use that one.
-		c.Close()
-		sh.users++
-		return sh.c, func() { n.release(top, sh) }, nil
+	delete(n.pending, top)
+	p.err = err
+	close(p.done)
+	if err != nil {
+		return nil, nil, err
 	}
 	if n.shared == nil {
 		n.shared = map[string]*sharedInitrd{}

@@ -933,6 +933,11 @@ func TestNixConcurrentInitrd(t *testing.T) {
 	if limit := members + 3*clients + 10; extra > limit {
 		t.Errorf("%d more descriptors while %d clients stream %d members, want at most %d (one shared set)", extra, clients, members, limit)
 	}
+	// Assembly is shared too: clients arriving together wait for one
+	// assembly instead of each opening every member.
+	if limit := members + 3*clients + 10; peak-baseline > limit {
+		t.Errorf("peak %d more descriptors while %d clients assemble %d members, want at most %d (one assembly)", peak-baseline, clients, members, limit)
+	}
 	if extra < members {
 		t.Errorf("only %d more descriptors while streaming: were the streams open? (%d members)", extra, members)
 	}
