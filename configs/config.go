@@ -39,6 +39,7 @@ type File struct {
 	TFTP             TFTPFile        `toml:"tftp"`
 	Nix              NixFile         `toml:"nix"`
 	API              APIFile         `toml:"api"`
+	DHCP             DHCPFile        `toml:"dhcp"`
 	Default          *TargetFile     `toml:"default"`
 	Machines         []MachineFile   `toml:"machine"`
 }
@@ -186,6 +187,7 @@ type Config struct {
 	TFTP             TFTP
 	Nix              Nix
 	API              API
+	DHCP             DHCP
 	// Rules is the selection table from [default] and [[machine]]. When
 	// API.URL is set, the API server decides instead.
 	Rules *machines.Table
@@ -389,6 +391,7 @@ func (l *loader) check(f *File) *Config {
 
 	c.Nix = l.nixSection(&f.Nix)
 	c.API = l.apiSection(&f.API)
+	c.DHCP = l.dhcpSection(&f.DHCP)
 
 	table := &machines.Table{}
 	if f.Default != nil {

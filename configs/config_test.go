@@ -72,6 +72,36 @@ func TestHomelabExampleLoads(t *testing.T) {
 	}
 }
 
+func TestFullDHCPSecureBootExampleLoads(t *testing.T) {
+	src, err := os.ReadFile("full-dhcp-secureboot.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files(t, dir, "vmlinuz", "initrd.img", "custom/vmlinuz", "custom/initrd.img")
+	text := strings.ReplaceAll(string(src), "/srv/bootserve/", dir+"/")
+	c, err := Parse(filepath.Join(dir, "full-dhcp-secureboot.toml"), text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.DHCP.Server
+	if !c.DHCP.IsServer() || s.PoolStart.String() != "192.168.50.100" || s.LeaseTime.Hours() != 12 || s.LeaseFile != DefaultLeaseFile ||
+		len(s.Reservations) != 1 || s.AllowOtherServers || len(s.DNS) != 2 || s.DomainName != "lab.internal" {
+		t.Errorf("dhcp %+v", c.DHCP)
+	}
+	if err := s.Validate(); err != nil {
+		t.Error(err)
+	}
+	if !c.Rules.Default.SecureBoot || c.Rules.Rules[0].Target.SecureBoot {
+		t.Errorf("secure_boot: default %v, bench %v", c.Rules.Default.SecureBoot, c.Rules.Rules[0].Target.SecureBoot)
+	}
+	// The test files are not signed kernels: the default target draws the
+	// start-up warning.
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "default.kernel") {
+		t.Errorf("warnings %q", c.Warnings)
+	}
+}
+
 func TestRelativePaths(t *testing.T) {
 	dir := t.TempDir()
 	files(t, dir, "k/vmlinuz")
@@ -149,6 +179,40 @@ func TestBadConfigs(t *testing.T) {
 		{"bad firmware path", "[firmware]\nefi_arm64 = \"/no/such.efi\"\n[default]\nkernel = \"" + k + "\"\n",
 			[]string{`^b\.toml:2: firmware\.efi_arm64: .*no such file`}},
 		{"multi-line cmdline", "[default]\nkernel = \"" + k + "\"\ncmdline = \"\"\"a\nb\"\"\"\n", []string{`^b\.toml:3: default\.cmdline: must be one line`}},
+		{"bad dhcp mode", "[dhcp]\nmode = \"full\"\n[default]\nlocal = true\n", []string{`^b\.toml:2: dhcp\.mode: "full" is not "proxy" .* or "server"`}},
+		{"dhcp pool missing", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:1: dhcp\.pool_end: must be set in server mode`}},
+		{"dhcp pool not IPv4", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.x\"\npool_end = \"fe80::9\"\n[default]\nlocal = true\n",
+			[]string{`(?m)^b\.toml:3: dhcp\.pool_start: "10\.0\.0\.x" is not an IPv4 address`, `(?m)^b\.toml:4: dhcp\.pool_end: "fe80::9" is not an IPv4 address`}},
+		{"dhcp pool reversed", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.200\"\npool_end = \"10.0.0.100\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:3: dhcp\.pool_start: 10\.0\.0\.200 is after dhcp\.pool_end 10\.0\.0\.100: swap them`}},
+		{"dhcp pool too big", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.1\"\npool_end = \"10.2.0.1\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:3: dhcp\.pool_start: dhcp pool 10\.0\.0\.1-10\.2\.0\.1 holds 131073 addresses`}},
+		{"dhcp bad mask", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.200\"\nsubnet_mask = \"255.0.255.0\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:5: dhcp\.subnet_mask: 255\.0\.255\.0 is not a contiguous mask`}},
+		{"dhcp pool across mask", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.1.200\"\nsubnet_mask = \"255.255.255.0\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:3: dhcp\.pool_start: 10\.0\.0\.100 and dhcp\.pool_end 10\.0\.1\.200 are not in the same`}},
+		{"dhcp short lease", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.200\"\nlease_time = \"30s\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:5: dhcp\.lease_time: 30s is too short: use at least 1m`}},
+		{"dhcp bad lease time", "[dhcp]\nmode = \"server\"\nlease_time = \"a day\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:3: dhcp\.lease_time: .*"a day" is not a duration`}},
+		{"dhcp bad router", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.200\"\nrouters = \"gateway\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:5: dhcp\.routers\[0\]: "gateway" is not an IPv4 address`}},
+		{"dhcp bad dns", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.200\"\ndns_servers = [\n  \"10.0.0.1\",\n  \"::1\",\n]\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:5: dhcp\.dns_servers\[1\]: "::1" is not an IPv4 address`}},
+		{"dhcp bad domain", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.200\"\ndomain_name = \"my lan\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:5: dhcp\.domain_name: "my lan": use letters`}},
+		{"dhcp unknown key", "[dhcp]\nmode = \"server\"\nrange = \"10.0.0.100-10.0.0.200\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:3: dhcp\.range: unknown key`}},
+		{"dhcp reservation bad MAC", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.200\"\n[[dhcp.reservation]]\nmac = \"52:54:00:00:00\"\nip = \"10.0.0.10\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:6: dhcp\.reservation\[0\]\.mac: "52:54:00:00:00" is not a MAC address`}},
+		{"dhcp reservation twice", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.200\"\n" +
+			"[[dhcp.reservation]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.0.0.10\"\n[[dhcp.reservation]]\nmac = \"52:54:00:00:00:02\"\nip = \"10.0.0.10\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:10: dhcp\.reservation\[1\]\.ip: 10\.0\.0\.10 is already reserved by dhcp\.reservation\[0\]`}},
+		{"dhcp reservation without ip", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.200\"\n[[dhcp.reservation]]\nmac = \"52:54:00:00:00:01\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:5: dhcp\.reservation\[0\]\.ip: must be set`}},
+		{"dhcp allow wrong type", "[dhcp]\nmode = \"server\"\nallow_other_servers = \"yes\"\n[default]\nlocal = true\n",
+			[]string{`^b\.toml:3: dhcp\.allow_other_servers: `}},
 		{"several errors at once", "http_port = 99999\nlog_level = \"loud\"\n[default]\nkernel = \"" + k + "\"\n",
 			[]string{`(?m)^b\.toml:1: http_port: 99999 is not a TCP port`, `(?m)^b\.toml:2: log_level: "loud"`}},
 	}
@@ -210,5 +274,68 @@ w = 3
 		if got := p.line(k); got != want {
 			t.Errorf("line(%q) = %d, want %d", k, got, want)
 		}
+	}
+}
+
+func TestDHCPServerMode(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Parse(filepath.Join(dir, "b.toml"), `[dhcp]
+mode = "server"
+pool_start = "10.0.0.100"
+pool_end = "10.0.0.200"
+subnet_mask = "255.255.255.0"
+lease_time = "2h"
+routers = "10.0.0.1"
+dns_servers = ["10.0.0.1", "10.0.0.2"]
+domain_name = "lan"
+lease_file = "state/leases.json"
+allow_other_servers = true
+[[dhcp.reservation]]
+mac = "52-54-00-00-00-01"
+ip = "10.0.0.10"
+
+[default]
+local = true
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.DHCP
+	s := d.Server
+	if !d.IsServer() || s.PoolStart.String() != "10.0.0.100" || s.PoolEnd.String() != "10.0.0.200" || s.SubnetMask.String() != "255.255.255.0" ||
+		s.LeaseTime.Hours() != 2 || len(s.Routers) != 1 || len(s.DNS) != 2 || s.DNS[1].String() != "10.0.0.2" || s.DomainName != "lan" ||
+		s.LeaseFile != filepath.Join(dir, "state/leases.json") || !s.AllowOtherServers {
+		t.Errorf("dhcp %+v", d)
+	}
+	if len(s.Reservations) != 1 || s.Reservations[0].MAC.String() != "52:54:00:00:00:01" || s.Reservations[0].IP.String() != "10.0.0.10" {
+		t.Errorf("reservations %+v", s.Reservations)
+	}
+	if len(c.Warnings) != 0 {
+		t.Errorf("warnings %q", c.Warnings)
+	}
+}
+
+func TestDHCPDefaults(t *testing.T) {
+	c, err := Parse("b.toml", "[default]\nlocal = true\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DHCP.Mode != DHCPModeProxy || c.DHCP.IsServer() {
+		t.Errorf("default mode %q", c.DHCP.Mode)
+	}
+	c, err = Parse("b.toml", "[dhcp]\nmode = \"server\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.100\"\n[default]\nlocal = true\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.DHCP.Server; s.LeaseFile != DefaultLeaseFile || s.AllowOtherServers || s.LeaseTime != 0 {
+		t.Errorf("server defaults %+v", s)
+	}
+	// Server keys in proxy mode are ignored, with a located warning.
+	c, err = Parse("b.toml", "[dhcp]\nmode = \"proxy\"\npool_start = \"10.0.0.100\"\n[default]\nlocal = true\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 || !strings.HasPrefix(c.Warnings[0], "b.toml:3: dhcp.pool_start: is only used with dhcp.mode = \"server\"") {
+		t.Errorf("warnings %q", c.Warnings)
 	}
 }

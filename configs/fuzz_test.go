@@ -9,7 +9,7 @@ import (
 // FuzzParse feeds arbitrary text to the config loader: it must never panic,
 // and every error must be located ("f.toml[:line]: ...").
 func FuzzParse(f *testing.F) {
-	for _, p := range []string{"example.toml", "homelab-rescue.toml"} {
+	for _, p := range []string{"example.toml", "homelab-rescue.toml", "full-dhcp-secureboot.toml"} {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			f.Fatal(err)

@@ -87,6 +87,10 @@ type Server struct {
 	// Defaults: 3 answers, then one per 500ms.
 	RepeatInterval time.Duration
 	RepeatBurst    int
+	// PXEOnly listens on port 4011 only: in full-DHCP mode bootserve's
+	// DHCP server owns port 67 and answers DISCOVERs itself, while EDK2
+	// still sends its BINL REQUEST to 4011.
+	PXEOnly bool
 
 	policy  atomic.Pointer[Policy]
 	ifi     *net.Interface
@@ -100,7 +104,8 @@ type Server struct {
 // SetPolicy installs what the server answers with; safe at any time.
 func (s *Server) SetPolicy(p *Policy) { s.policy.Store(p) }
 
-// Listen chooses the interface and binds UDP 67 and 4011 on it.
+// Listen chooses the interface and binds UDP 67 (unless PXEOnly) and 4011
+// on it.
 func (s *Server) Listen(ctx context.Context) error {
 	ifi, err := ChooseInterface(s.Interface)
 	if err != nil {
@@ -115,7 +120,7 @@ func (s *Server) Listen(ctx context.Context) error {
 	}
 	s.ifi = ifi
 	s.conns = map[int]*ipv4.PacketConn{}
-	for _, port := range []int{PortDHCP, PortPXE} {
+	for _, port := range s.ports() {
 		c, err := listenUDP(ctx, ifi.Name, port)
 		if err != nil {
 			s.Close()
@@ -130,6 +135,14 @@ func (s *Server) Listen(ctx context.Context) error {
 		s.conns[port] = pc
 	}
 	return nil
+}
+
+// ports are the UDP ports the server answers on.
+func (s *Server) ports() []int {
+	if s.PXEOnly {
+		return []int{PortPXE}
+	}
+	return []int{PortDHCP, PortPXE}
 }
 
 // rcvBuf is the receive buffer asked for the DHCP sockets: a few thousand
@@ -206,7 +219,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.limiter = newLimiter(interval, burst, 4096)
 	s.logOnce = newOnceSet(4096)
-	s.Logger.Info("proxydhcp listening", "interface", s.InterfaceName(), "address", s.Address, "ports", []int{PortDHCP, PortPXE})
+	s.Logger.Info("proxydhcp listening", "interface", s.InterfaceName(), "address", s.Address, "ports", s.ports())
 
 	errc := make(chan error, len(s.conns))
 	for port, c := range s.conns {

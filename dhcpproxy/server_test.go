@@ -213,3 +213,38 @@ drain:
 		t.Errorf("%d answered events, want %d", answered, 2+answers)
 	}
 }
+
+// In full-DHCP mode the DHCP server owns port 67: PXEOnly leaves it free
+// and still answers EDK2's BINL REQUEST on 4011.
+func TestPXEOnlyLeavesPort67(t *testing.T) {
+	lan := netnstest.New(t)
+	s := &Server{Interface: lan.Server.Iface, PXEOnly: true}
+	s.SetPolicy(&Policy{Booter: onlyMAC{"52:54:00:ab:cd:ef"}, Firmware: testFirmware(t, false), URLs: testURLs{}})
+	ctx, cancel := context.WithCancel(context.Background())
+	lan.Server.Do(t, func() {
+		if err := s.Listen(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// A plain bind (no address or port reuse) succeeds only on a free port.
+		c, err := net.ListenPacket("udp4", "0.0.0.0:67")
+		if err != nil {
+			t.Fatalf("port 67 is taken with PXEOnly: %v", err)
+		}
+		c.Close()
+	})
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	c4011 := newLANClient(t, lan.Client, 4011)
+	req := request(t, withArch(7), withClass("PXEClient:Arch:00007:UNDI:003000"),
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest), dhcpv4.WithClientIP(lan.Client.Addr.AsSlice()))
+	c4011.send(t, req.ToBytes(), netip.AddrPortFrom(lan.Server.Addr, 4011).String())
+	if ack, _ := c4011.recv(t, req.TransactionID, 3*time.Second); ack == nil || ack.BootFileName != "efi-x64/snponly.efi" {
+		t.Fatalf("no ACK on 4011 with PXEOnly: %v", ack)
+	}
+}

@@ -209,6 +209,7 @@ func (s *Server) Listen(ctx context.Context) error {
 		if len(others) > 0 {
 			return fmt.Errorf("another DHCP server at %v answers on %s: use ProxyDHCP mode (the default), or set [dhcp] allow_other_servers = true", others[0], ifi.Name)
 		}
+		s.Logger.Info("no other DHCP server answered on the segment", "interface", ifi.Name, "waited", wait)
 	}
 	c, err := listenUDP(ctx, ifi.Name, dhcpproxy.PortDHCP)
 	if err != nil {

@@ -50,6 +50,9 @@ Common flags:
   --log-format F       text or json
   --user NAME          user to serve as after binding ports (default nobody)
   --allow-root         allow --user root
+  --dhcp-server-pool START-END
+                       be the LAN's DHCP server (full-DHCP mode; see --dhcp-* in a
+                       command's --help); the default is ProxyDHCP
 
 Run "bootserve COMMAND --help" for a command's flags.
 `
@@ -108,6 +111,7 @@ type commonFlags struct {
 	logFormat  string
 	user       string
 	allowRoot  bool
+	dhcp       dhcpFlags
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
@@ -119,6 +123,7 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: text or json")
 	fs.StringVar(&c.user, "user", "", `user to serve as once ports are bound, when started as root (default "nobody")`)
 	fs.BoolVar(&c.allowRoot, "allow-root", false, "allow serving as root (--user root)")
+	c.dhcp.register(fs)
 }
 
 // parseInterspersed parses flags placed anywhere among the positional
@@ -308,6 +313,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: OK\n", *path)
+	for _, w := range c.Warnings {
+		fmt.Fprintf(stdout, "  warning: %s\n", w)
+	}
+	fmt.Fprintf(stdout, "  dhcp: %s\n", describeDHCP(c.DHCP))
 	for _, r := range c.Rules.Rules {
 		var macs []string
 		for _, m := range r.MACs {
@@ -323,6 +332,22 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// describeDHCP says how bootserve answers DHCP.
+func describeDHCP(d configs.DHCP) string {
+	if !d.IsServer() {
+		return "ProxyDHCP beside the LAN's DHCP server (ports 67 and 4011; no addresses handed out)"
+	}
+	c := d.Server
+	s := fmt.Sprintf("DHCP server for the LAN, pool %v-%v, leases in %s", c.PoolStart, c.PoolEnd, c.LeaseFile)
+	if len(c.Reservations) > 0 {
+		s += fmt.Sprintf(", reserved addresses: %d", len(c.Reservations))
+	}
+	if c.AllowOtherServers {
+		s += ", starts even beside another DHCP server"
+	}
+	return s
+}
+
 func describe(t *machines.Target) string {
 	switch t.Kind {
 	case machines.KindKernel:
@@ -332,6 +357,9 @@ func describe(t *machines.Target) string {
 		}
 		if t.Cmdline != "" {
 			s += fmt.Sprintf(", cmdline %q", t.Cmdline)
+		}
+		if t.SecureBoot {
+			s += "; x64 UEFI through shim and GRUB (Secure Boot)"
 		}
 		return s
 	case machines.KindNix:

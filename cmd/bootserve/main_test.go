@@ -91,7 +91,7 @@ iso = "rescue.iso"
 	if code != 0 {
 		t.Fatalf("check: %d %s", code, stderr)
 	}
-	for _, want := range []string{"OK", "web (52:54:00:00:00:01): kernel " + dir + "/vmlinuz", `menu "Rescue", default "Rescue ISO" after 5 s`, "1. Local disk: local disk", "2. Rescue ISO: ISO image " + dir + "/rescue.iso"} {
+	for _, want := range []string{"OK", "dhcp: ProxyDHCP beside", "web (52:54:00:00:00:01): kernel " + dir + "/vmlinuz", `menu "Rescue", default "Rescue ISO" after 5 s`, "1. Local disk: local disk", "2. Rescue ISO: ISO image " + dir + "/rescue.iso"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("check output lacks %q:\n%s", want, out)
 		}

@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bootserve/bootserve/configs"
 )
 
 // account is the user bootserve serves as once its ports are bound.
@@ -68,6 +70,59 @@ func (a *account) prepareDir(dir string) error {
 		}
 		return os.Lchown(p, a.uid, a.gid)
 	})
+}
+
+// prepareStateFile readies the directory of a state file that bootserve
+// replaces by rename (the DHCP lease file), so the account can write it
+// after the drop. A directory made here, and bootserve's own default state
+// directory, are given to the account; any other existing directory may be
+// shared (/var/lib, /tmp), so it is only checked, never chowned. A lease
+// file left by an earlier root run is given to the account too.
+func (a *account) prepareStateFile(path string) error {
+	dir := filepath.Dir(path)
+	ours := dir == filepath.Dir(configs.DefaultLeaseFile)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		ours = true
+	}
+	if a == nil {
+		return nil
+	}
+	if ours {
+		if err := os.Lchown(dir, a.uid, a.gid); err != nil {
+			return err
+		}
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !a.canWrite(st) {
+		return fmt.Errorf("directory %s is not writable by user %s: chown it to %s or choose another directory", dir, a.name, a.name)
+	}
+	if err := os.Lchown(path, a.uid, a.gid); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// canWrite says whether the account may create files in a directory, by
+// its mode bits (the account has no supplementary groups after the drop).
+func (a *account) canWrite(st fs.FileInfo) bool {
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return true // cannot tell: the first lease write will say
+	}
+	m := st.Mode().Perm()
+	switch {
+	case int(sys.Uid) == a.uid:
+		return m&0o300 == 0o300
+	case int(sys.Gid) == a.gid:
+		return m&0o030 == 0o030
+	}
+	return m&0o003 == 0o003
 }
 
 // drop switches the whole process (all threads: Go applies setuid to each)

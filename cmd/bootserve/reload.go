@@ -21,7 +21,8 @@ const pollInterval = 2 * time.Second
 // watchConfig reloads the config on SIGHUP and when the file changes. A bad
 // new file is refused with its file:line errors and the old one stays in
 // force. Settings that need new sockets (interface, address, ports, [nix],
-// [tftp]) only take effect at the next start; a reload says so.
+// [tftp], [dhcp]) only take effect at the next start; a reload says so.
+// The boot policy reaches both DHCP servers of full-DHCP mode.
 func (sv *server) watchConfig(ctx context.Context, start settings) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -97,6 +98,7 @@ func (sv *server) reload(cur settings, why string) (settings, bool) {
 		"http_port":  c.HTTPPort != old.HTTPPort,
 		"[nix]":      !reflect.DeepEqual(c.Nix, old.Nix),
 		"[tftp]":     !reflect.DeepEqual(c.TFTP, old.TFTP),
+		"[dhcp]":     !reflect.DeepEqual(c.DHCP, old.DHCP),
 		"log_level":  c.LogLevel != old.LogLevel,
 		"log_format": c.LogFormat != old.LogFormat,
 	} {

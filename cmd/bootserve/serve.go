@@ -25,6 +25,7 @@ import (
 	"github.com/bootserve/bootserve/configs"
 	"github.com/bootserve/bootserve/cpiocache"
 	"github.com/bootserve/bootserve/dhcpproxy"
+	"github.com/bootserve/bootserve/dhcpserver"
 	"github.com/bootserve/bootserve/firmware"
 	"github.com/bootserve/bootserve/grubboot"
 	"github.com/bootserve/bootserve/httpboot"
@@ -66,13 +67,16 @@ type settings struct {
 	// boot instead of Booter.
 	API    configs.API
 	Booter machines.Booter
+	// DHCP says whether bootserve is the LAN's DHCP server (full-DHCP
+	// mode) or answers beside it (ProxyDHCP, the default).
+	DHCP configs.DHCP
 }
 
 func settingsFromConfig(c *configs.Config) settings {
 	return settings{
 		ConfigPath: c.Path, File: c, Interface: c.Interface, Address: c.Address, HTTPPort: c.HTTPPort, HTTPMaxTransfers: c.HTTPMaxTransfers,
 		LogLevel: c.LogLevel, LogFormat: c.LogFormat, User: c.User, Firmware: c.Firmware, TFTP: c.TFTP, Nix: c.Nix,
-		API: c.API, Booter: c.Rules, Warnings: c.Warnings,
+		API: c.API, Booter: c.Rules, Warnings: c.Warnings, DHCP: c.DHCP,
 	}
 }
 
@@ -105,7 +109,7 @@ func (s *settings) apply(cf commonFlags) error {
 		s.User = cf.user
 	}
 	s.AllowRoot = s.AllowRoot || cf.allowRoot
-	return nil
+	return s.applyDHCP(cf.dhcp)
 }
 
 func absIfLocal(p string) string {
@@ -142,6 +146,7 @@ type server struct {
 	log      *slog.Logger
 	status   *status.Tracker
 	dp       *dhcpproxy.Server
+	ds       *dhcpserver.Server // nil in ProxyDHCP mode
 	hs       *httpboot.Server
 	grub     *grubboot.Server
 	fw       atomic.Pointer[firmware.Set]
@@ -158,9 +163,13 @@ func (sv *server) summarize(s settings, set *firmware.Set) {
 		sv.started = time.Now()
 		sv.httpPort = s.HTTPPort
 	}
+	dhcp := []status.Service{{Name: "ProxyDHCP", Ports: []int{67, 4011}}}
+	if sv.ds != nil {
+		dhcp = []status.Service{{Name: "DHCP server", Ports: []int{67}}, {Name: "ProxyDHCP", Ports: []int{4011}}}
+	}
 	c := status.ConfigSummary{
 		Version: version, Interface: sv.dp.InterfaceName(), Address: sv.dp.Address.String(),
-		Services:     []status.Service{{Name: "ProxyDHCP", Ports: []int{67, 4011}}, {Name: "TFTP", Ports: []int{69}}, {Name: "HTTP", Ports: []int{sv.httpPort}}},
+		Services:     append(dhcp, status.Service{Name: "TFTP", Ports: []int{69}}, status.Service{Name: "HTTP", Ports: []int{sv.httpPort}}),
 		BootPrograms: status.BootProgramsOf(set), APIURL: s.API.URL, ConfigFile: s.ConfigPath, Started: sv.started,
 	}
 	if t, ok := s.Booter.(*machines.Table); ok && s.API.URL == "" {
@@ -203,7 +212,11 @@ func (sv *server) install(s settings, set *firmware.Set) error {
 	}
 	sv.fw.Store(set)
 	sv.grub.SetBooter(b)
-	sv.dp.SetPolicy(&dhcpproxy.Policy{Booter: b, Firmware: set, URLs: sv.hs})
+	pol := &dhcpproxy.Policy{Booter: b, Firmware: set, URLs: sv.hs}
+	sv.dp.SetPolicy(pol)
+	if sv.ds != nil {
+		sv.ds.SetPolicy(pol)
+	}
 	sv.hs.SetPolicy(&httpboot.Policy{Booter: b, Firmware: set, HTTPClient: client})
 	return nil
 }
@@ -289,11 +302,22 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 		}
 	}
 	sv.grub = &grubboot.Server{Logger: log.With("server", "grub")}
+	onBoot := func(e dhcpproxy.Event) {
+		st.DHCP(e)
+		sv.grub.Remember(machines.Identity{MAC: e.MAC, UUID: e.UUID, Arch: e.Arch, IP: e.IP, Hostname: e.Hostname, Labels: e.Labels})
+	}
 	sv.dp = &dhcpproxy.Server{Interface: s.Interface, Address: s.Address, Logger: log.With("server", "proxydhcp"), Metrics: dhcpproxy.NewMetrics(reg),
-		OnEvent: func(e dhcpproxy.Event) {
-			st.DHCP(e)
-			sv.grub.Remember(machines.Identity{MAC: e.MAC, UUID: e.UUID, Arch: e.Arch, IP: e.IP, Hostname: e.Hostname, Labels: e.Labels})
-		}}
+		OnEvent: onBoot, PXEOnly: s.DHCP.IsServer()}
+	if s.DHCP.IsServer() {
+		// The DHCP server answers DISCOVERs and REQUESTs on 67 with the
+		// boot file too; ProxyDHCP keeps port 4011 for EDK2's BINL
+		// REQUEST. Both report boots alike to the status page.
+		sv.ds = &dhcpserver.Server{Interface: s.Interface, Address: s.Address, Config: s.DHCP.Server,
+			Logger: log.With("server", "dhcp"), Metrics: dhcpserver.NewMetrics(reg), OnBoot: onBoot}
+		if err := acct.prepareStateFile(s.DHCP.Server.LeaseFile); err != nil {
+			return fmt.Errorf("dhcp.lease_file %s: %w", s.DHCP.Server.LeaseFile, err)
+		}
+	}
 	if err := sv.install(s, set); err != nil {
 		return err
 	}
@@ -317,6 +341,16 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 	}
 
 	// Bind everything first: a port we cannot have fails the start.
+	if sv.ds != nil {
+		// First: it looks for other DHCP servers before binding 67, and
+		// opens its ICMP socket while still privileged.
+		if err := sv.ds.Listen(ctx); err != nil {
+			return fmt.Errorf("dhcp server: %w", err)
+		}
+		defer sv.ds.Close()
+		// One address for both, whichever way it was chosen.
+		sv.dp.Address = sv.ds.Address
+	}
 	if err := sv.dp.Listen(ctx); err != nil {
 		return err
 	}
@@ -362,10 +396,17 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 		}
 	}
 	sv.summarize(s, set)
-	log.Info("bootserve ready", "interface", sv.dp.InterfaceName(), "address", sv.dp.Address, "http", hln.Addr().String())
+	dhcpMode := configs.DHCPModeProxy
+	if sv.ds != nil {
+		dhcpMode = configs.DHCPModeServer
+	}
+	log.Info("bootserve ready", "interface", sv.dp.InterfaceName(), "address", sv.dp.Address, "http", hln.Addr().String(), "dhcp", dhcpMode)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sv.dp.Serve(gctx) })
+	if sv.ds != nil {
+		g.Go(func() error { return sv.ds.Serve(gctx) })
+	}
 	g.Go(func() error { return ts.Serve(gctx, tconn) })
 	g.Go(func() error { return sv.hs.Serve(gctx, hln) })
 	if s.ConfigPath != "" {
