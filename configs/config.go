@@ -435,6 +435,21 @@ func ruleIndex(f *File, name string, fallback int) int {
 	return fallback
 }
 
+// parseEach parses every value of a list, reporting the ones that fail at
+// key and leaving them out.
+func parseEach[T any](l *loader, key string, vals []string, parse func(string) (T, error)) []T {
+	var out []T
+	for _, v := range vals {
+		x, err := parse(v)
+		if err != nil {
+			l.errorf(key, "%v", err)
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
 func (l *loader) machine(key string, m *MachineFile, seenMAC map[string]string) (machines.Rule, bool) {
 	r := machines.Rule{Name: m.Name, Labels: m.Labels}
 	if r.Name == "" {
@@ -452,22 +467,8 @@ func (l *loader) machine(key string, m *MachineFile, seenMAC map[string]string) 
 		seenMAC[hw.String()] = r.Name
 		r.MACs = append(r.MACs, hw)
 	}
-	for _, s := range m.UUID {
-		u, err := machines.ParseUUID(s)
-		if err != nil {
-			l.errorf(key+".uuid", "%v", err)
-			continue
-		}
-		r.UUIDs = append(r.UUIDs, u)
-	}
-	for _, s := range m.Arch {
-		a, err := firmware.ParseArch(s)
-		if err != nil {
-			l.errorf(key+".arch", "%v", err)
-			continue
-		}
-		r.Arches = append(r.Arches, a)
-	}
+	r.UUIDs = parseEach(l, key+".uuid", m.UUID, machines.ParseUUID)
+	r.Arches = parseEach(l, key+".arch", m.Arch, firmware.ParseArch)
 	for _, lb := range m.Labels {
 		if lb == "" || strings.ContainsAny(lb, " \t\r\n") {
 			l.errorf(key+".labels", "%q: a label is one word (no spaces)", lb)

@@ -252,8 +252,8 @@ b = """
 x = 1
 """
 c = [
-  1,
-  2,
+  "]\" ]",
+  { q = 2 },
 ]
 d.e = "s#not a comment"
 [[m]]
@@ -266,13 +266,21 @@ x = { z = 1 }
 w = 3
 `
 	p := scanPositions(src)
-	for k, want := range map[string]int{
+	lines := map[string]int{
 		"a": 1, "t": 2, "t.b": 3, "t.c": 6, "t.d.e": 10, "m[0]": 11, "m[0].x": 12, "m[0].sub": 13,
 		"m[0].sub.y": 14, "m[1]": 15, "m[1].x": 16, "m[1].list[0]": 17, "m[1].list[0].w": 18,
 		"m.x": 12, "m[1].x.z": 16, "nope": 0,
-	} {
+	}
+	for k, want := range lines {
 		if got := p.line(k); got != want {
 			t.Errorf("line(%q) = %d, want %d", k, got, want)
+		}
+	}
+	// Lines inside a value are not keys: the escaped quote keeps "]" in
+	// the string, so the array goes on to line 9.
+	for k := range p.exact {
+		if _, ok := lines[k]; !ok {
+			t.Errorf("unexpected key %q at line %d", k, p.exact[k])
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"iter"
 	"strconv"
 	"strings"
 )
@@ -118,21 +119,36 @@ func (p *positions) line(path string) int {
 	return 0
 }
 
+// unquoted yields the bytes of a line that are outside TOML strings, with
+// their index. A backslash escapes the next byte in basic ("...") strings;
+// literal ('...') strings have no escapes.
+func unquoted(l string) iter.Seq2[int, byte] {
+	return func(yield func(int, byte) bool) {
+		var quote byte
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			switch {
+			case quote != 0:
+				if c == '\\' && quote == '"' {
+					i++
+				} else if c == quote {
+					quote = 0
+				}
+			case c == '"' || c == '\'':
+				quote = c
+			default:
+				if !yield(i, c) {
+					return
+				}
+			}
+		}
+	}
+}
+
 // stripComment removes a # comment that is not inside a string.
 func stripComment(l string) string {
-	var quote byte
-	for i := 0; i < len(l); i++ {
-		c := l[i]
-		switch {
-		case quote != 0:
-			if c == '\\' && quote == '"' {
-				i++
-			} else if c == quote {
-				quote = 0
-			}
-		case c == '"' || c == '\'':
-			quote = c
-		case c == '#':
+	for i, c := range unquoted(l) {
+		if c == '#' {
 			return l[:i]
 		}
 	}
@@ -215,23 +231,12 @@ func skipValue(lines []string, i int, rest string) int {
 
 // bracketDepth counts unquoted [ { minus ] } on a line.
 func bracketDepth(l string) int {
-	l = stripComment(l)
 	d := 0
-	var quote byte
-	for i := 0; i < len(l); i++ {
-		c := l[i]
-		switch {
-		case quote != 0:
-			if c == '\\' && quote == '"' {
-				i++
-			} else if c == quote {
-				quote = 0
-			}
-		case c == '"' || c == '\'':
-			quote = c
-		case c == '[' || c == '{':
+	for _, c := range unquoted(stripComment(l)) {
+		switch c {
+		case '[', '{':
 			d++
-		case c == ']' || c == '}':
+		case ']', '}':
 			d--
 		}
 	}

@@ -167,11 +167,11 @@ func isIPXE(p *dhcpv4.DHCPv4) bool {
 	return false
 }
 
-// archFor maps option 93 (RFC 4578 and the IANA registry) to the boot
+// ArchFor maps option 93 (RFC 4578 and the IANA registry) to the boot
 // program family, and says whether the client boots over HTTP instead of
 // TFTP. ok is false for architectures bootserve has no boot program family
 // for at all.
-func archFor(code iana.Arch) (arch firmware.Arch, http bool, ok bool) {
+func ArchFor(code iana.Arch) (arch firmware.Arch, http bool, ok bool) {
 	switch code {
 	case iana.INTEL_X86PC:
 		return firmware.BIOS, false, true
@@ -263,7 +263,7 @@ func pxeSkipDiscovery() []byte { return []byte{6, 1, 8, 255} }
 // Decide chooses what a classified client gets. It is the one place where a
 // client's boot file is chosen.
 func Decide(c *Client, env Env) (Offer, Outcome) {
-	arch, httpBoot, ok := archFor(c.ArchCode)
+	arch, httpBoot, ok := ArchFor(c.ArchCode)
 	if !ok {
 		return Offer{Reason: ArchName(c.ArchCode) + " has no iPXE build"}, IgnoredNoBinary
 	}

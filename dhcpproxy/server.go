@@ -7,17 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 
 	"github.com/bootserve/bootserve/firmware"
+	"github.com/bootserve/bootserve/internal/dhcpnet"
 	"github.com/bootserve/bootserve/machines"
 )
 
@@ -95,10 +93,9 @@ type Server struct {
 	policy  atomic.Pointer[Policy]
 	ifi     *net.Interface
 	conns   map[int]*ipv4.PacketConn
-	sem     chan struct{}
-	limiter *limiter
-	logOnce *onceSet
-	wg      sync.WaitGroup
+	limiter *dhcpnet.Limiter
+	logOnce *dhcpnet.OnceSet
+	workers *dhcpnet.Workers
 }
 
 // SetPolicy installs what the server answers with; safe at any time.
@@ -121,7 +118,7 @@ func (s *Server) Listen(ctx context.Context) error {
 	s.ifi = ifi
 	s.conns = map[int]*ipv4.PacketConn{}
 	for _, port := range s.ports() {
-		c, err := listenUDP(ctx, ifi.Name, port)
+		c, err := dhcpnet.ListenUDP(ctx, ifi.Name, port)
 		if err != nil {
 			s.Close()
 			return err
@@ -143,40 +140,6 @@ func (s *Server) ports() []int {
 		return []int{PortPXE}
 	}
 	return []int{PortDHCP, PortPXE}
-}
-
-// rcvBuf is the receive buffer asked for the DHCP sockets: a few thousand
-// packets.
-const rcvBuf = 4 << 20
-
-// listenUDP binds 0.0.0.0:port to one interface. Binding a specific address
-// would miss broadcasts; address and port reuse let a DHCP server on the same
-// host keep its own socket on 67.
-func listenUDP(ctx context.Context, ifname string, port int) (net.PacketConn, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			// A big receive buffer absorbs bursts (a boot storm, a flood)
-			// that would otherwise drop firmware requests in the kernel;
-			// RCVBUFFORCE passes rmem_max when we are root, else the
-			// plain option gets what the system allows.
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
-			}
-			serr = errors.Join(
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1),
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1),
-				unix.BindToDevice(int(fd), ifname),
-			)
-		})
-		return errors.Join(err, serr)
-	}}
-	c, err := lc.ListenPacket(ctx, "udp4", fmt.Sprintf("0.0.0.0:%d", port))
-	if err != nil {
-		return nil, fmt.Errorf("listen on udp port %d of %s: %w (ProxyDHCP needs root or CAP_NET_BIND_SERVICE and CAP_NET_RAW)", port, ifname, err)
-	}
-	return c, nil
 }
 
 // InterfaceName is the interface Listen chose.
@@ -205,20 +168,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.Metrics == nil {
 		s.Metrics = NewMetrics(nil)
 	}
-	n := s.MaxInFlight
-	if n <= 0 {
-		n = 64
-	}
-	s.sem = make(chan struct{}, n)
-	interval, burst := s.RepeatInterval, s.RepeatBurst
-	if interval <= 0 {
-		interval = 500 * time.Millisecond
-	}
-	if burst <= 0 {
-		burst = 3
-	}
-	s.limiter = newLimiter(interval, burst, 4096)
-	s.logOnce = newOnceSet(4096)
+	s.workers = dhcpnet.NewWorkers(s.MaxInFlight)
+	s.limiter = dhcpnet.NewLimiter(s.RepeatInterval, s.RepeatBurst)
+	s.logOnce = dhcpnet.NewOnceSet()
 	s.Logger.Info("proxydhcp listening", "interface", s.InterfaceName(), "address", s.Address, "ports", s.ports())
 
 	errc := make(chan error, len(s.conns))
@@ -233,66 +185,42 @@ func (s *Server) Serve(ctx context.Context) error {
 			err = errors.Join(err, e)
 		}
 	}
-	s.wg.Wait()
+	s.workers.Wait()
 	return err
 }
 
 func (s *Server) readLoop(ctx context.Context, port int, c *ipv4.PacketConn) error {
-	buf := make([]byte, 1500)
-	for {
-		n, cm, src, err := c.ReadFrom(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("read udp port %d: %w", port, err)
-		}
-		req, err := dhcpv4.FromBytes(buf[:n])
-		if err != nil {
-			s.Metrics.Packets.WithLabelValues("unknown", string(Malformed)).Inc()
-			s.Logger.Debug("malformed dhcp packet dropped", "port", port, "from", src, "len", n, "err", err)
-			continue
-		}
-		if cm != nil && s.ifi != nil && cm.IfIndex != 0 && cm.IfIndex != s.ifi.Index {
-			// SO_BINDTODEVICE should make this impossible; be explicit.
-			continue
-		}
+	malformed := func(src net.Addr, n int, err error) {
+		s.Metrics.Packets.WithLabelValues("unknown", string(Malformed)).Inc()
+		s.Logger.Debug("malformed dhcp packet dropped", "port", port, "from", src, "len", n, "err", err)
+	}
+	return dhcpnet.ReadLoop(ctx, c, s.ifi.Index, malformed, func(req *dhcpv4.DHCPv4, src net.Addr) {
 		// Classify and rate-limit here, cheaply and in order: a flood of
 		// junk or repeats is counted and dropped without ever taking one
 		// of the slots that requests waiting on a Booter need.
-		typ := msgTypeLabel(req)
+		typ := MsgTypeLabel(req)
 		client, outcome := Parse(req, port, net.IP(s.Address.AsSlice()))
 		if client == nil {
 			s.Metrics.Packets.WithLabelValues(typ, string(outcome)).Inc()
 			if outcome == IgnoredNotPXE {
 				s.Logger.Debug("not a network boot request", "mac", req.ClientHWAddr.String(), "type", typ, "port", port, "vendor_class", req.ClassIdentifier())
 			}
-			continue
+			return
 		}
-		if !s.limiter.allow(limitKey(client), time.Now()) {
+		if !s.limiter.Allow(limitKey(client), time.Now()) {
 			s.Metrics.Packets.WithLabelValues(typ, string(IgnoredRateLimit)).Inc()
-			continue
+			return
 		}
 		udpSrc, _ := src.(*net.UDPAddr)
-		select {
-		case s.sem <- struct{}{}:
-		default:
+		if !s.workers.Go(func() { s.handle(ctx, port, c, req, client, udpSrc) }) {
 			s.Metrics.Packets.WithLabelValues(typ, string(DroppedBusy)).Inc()
-			continue
 		}
-		s.wg.Add(1)
-		go func() {
-			defer func() { <-s.sem; s.wg.Done() }()
-			s.handle(ctx, port, c, req, client, udpSrc)
-		}()
-	}
+	})
 }
 
-func msgTypeLabel(p *dhcpv4.DHCPv4) string {
+// MsgTypeLabel names a packet's DHCP message type for metrics and events;
+// "bootp" is a packet without one.
+func MsgTypeLabel(p *dhcpv4.DHCPv4) string {
 	switch p.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
 		return "discover"
@@ -312,7 +240,7 @@ func msgTypeLabel(p *dhcpv4.DHCPv4) string {
 
 // handle decides and answers one classified request.
 func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *dhcpv4.DHCPv4, client *Client, src *net.UDPAddr) {
-	typ := msgTypeLabel(req)
+	typ := MsgTypeLabel(req)
 	count := func(o Outcome) { s.Metrics.Packets.WithLabelValues(typ, string(o)).Inc() }
 	serverIP := net.IP(s.Address.AsSlice())
 	ev := Event{
@@ -335,12 +263,12 @@ func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *
 		emit(IgnoredNoTarget)
 		return
 	}
-	arch, _, _ := archFor(client.ArchCode)
+	arch, _, _ := ArchFor(client.ArchCode)
 	ev.Arch = arch
 	tgt, err := pol.Booter.Target(ctx, client.Identity(arch))
 	if err != nil {
 		ev.Reason = err.Error()
-		if s.logOnce.first("target " + client.MAC.String()) {
+		if s.logOnce.First("target " + client.MAC.String()) {
 			s.Logger.Info("ignoring network boot request: no boot target for this machine (logged once per MAC)",
 				"mac", client.MAC.String(), "arch", ev.ArchName, "uuid", client.UUID, "reason", err)
 		}
@@ -351,7 +279,7 @@ func (s *Server) handle(ctx context.Context, port int, c *ipv4.PacketConn, req *
 	offer, outcome := Decide(client, Env{ServerIP: s.Address, Firmware: pol.Firmware, URLs: pol.URLs, SecureBoot: tgt.SecureBoot})
 	ev.BootFile, ev.Reason = offer.BootFile, offer.Reason
 	if outcome != Answered {
-		if s.logOnce.first("arch " + client.MAC.String() + " " + ev.ArchName) {
+		if s.logOnce.First("arch " + client.MAC.String() + " " + ev.ArchName) {
 			s.Logger.Warn("ignoring network boot request: no boot program for its architecture",
 				"mac", client.MAC.String(), "arch", ev.ArchName, "reason", offer.Reason)
 		}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/bootserve/bootserve/internal/dhcpnet"
 )
 
 // ProbeOtherServers looks for other DHCP servers on an interface: it
@@ -19,7 +21,7 @@ import (
 // offers that answer it (proxy offers, without an address, do not count).
 // It returns as soon as one server answered. Binding port 68 needs root.
 func ProbeOtherServers(ctx context.Context, ifname string, wait time.Duration) ([]netip.Addr, error) {
-	pc, err := listenUDP(ctx, ifname, ClientPort)
+	pc, err := dhcpnet.ListenUDP(ctx, ifname, ClientPort)
 	if err != nil {
 		return nil, fmt.Errorf("probe for other DHCP servers: %w", err)
 	}

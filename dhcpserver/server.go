@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/bootserve/bootserve/dhcpproxy"
+	"github.com/bootserve/bootserve/internal/dhcpnet"
 )
 
 // Outcome says what happened to a packet; it is the "outcome" label of
@@ -130,10 +131,9 @@ type Server struct {
 	inUse   func(context.Context, netip.Addr) bool
 	now     func() time.Time
 	saveMu  sync.Mutex
-	sem     chan struct{}
-	limiter *limiter
-	logOnce *onceSet
-	wg      sync.WaitGroup
+	limiter *dhcpnet.Limiter
+	logOnce *dhcpnet.OnceSet
+	workers *dhcpnet.Workers
 }
 
 // SetPolicy installs what network-boot clients are answered with (the same
@@ -168,7 +168,7 @@ func (s *Server) defaults() {
 		s.now = time.Now
 	}
 	if s.logOnce == nil {
-		s.logOnce = newOnceSet(4096)
+		s.logOnce = dhcpnet.NewOnceSet()
 	}
 }
 
@@ -211,7 +211,7 @@ func (s *Server) Listen(ctx context.Context) error {
 		}
 		s.Logger.Info("no other DHCP server answered on the segment", "interface", ifi.Name, "waited", wait)
 	}
-	c, err := listenUDP(ctx, ifi.Name, dhcpproxy.PortDHCP)
+	c, err := dhcpnet.ListenUDP(ctx, ifi.Name, dhcpproxy.PortDHCP)
 	if err != nil {
 		return err
 	}
@@ -310,19 +310,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.Close()
 		return err
 	}
-	n := s.MaxInFlight
-	if n <= 0 {
-		n = 64
-	}
-	s.sem = make(chan struct{}, n)
-	interval, burst := s.RepeatInterval, s.RepeatBurst
-	if interval <= 0 {
-		interval = 500 * time.Millisecond
-	}
-	if burst <= 0 {
-		burst = 3
-	}
-	s.limiter = newLimiter(interval, burst, 4096)
+	s.workers = dhcpnet.NewWorkers(s.MaxInFlight)
+	s.limiter = dhcpnet.NewLimiter(s.RepeatInterval, s.RepeatBurst)
 	if s.ping != nil {
 		go s.ping.run()
 	}
@@ -345,7 +334,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.Close()
 	err := <-errc
-	s.wg.Wait()
+	s.workers.Wait()
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
@@ -353,51 +342,26 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) readLoop(ctx context.Context) error {
-	buf := make([]byte, 1500)
-	for {
-		n, cm, _, err := s.conn.ReadFrom(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("read udp port 67: %w", err)
-		}
-		req, err := dhcpv4.FromBytes(buf[:n])
-		if err != nil {
-			s.Metrics.Packets.WithLabelValues("unknown", string(Malformed)).Inc()
-			continue
-		}
-		if cm != nil && s.ifi != nil && cm.IfIndex != 0 && cm.IfIndex != s.ifi.Index {
-			continue
-		}
-		typ := msgTypeLabel(req)
+	malformed := func(net.Addr, int, error) {
+		s.Metrics.Packets.WithLabelValues("unknown", string(Malformed)).Inc()
+	}
+	return dhcpnet.ReadLoop(ctx, s.conn, s.ifi.Index, malformed, func(req *dhcpv4.DHCPv4, _ net.Addr) {
+		typ := dhcpproxy.MsgTypeLabel(req)
 		if o, ok := precheck(req); !ok {
 			s.Metrics.Packets.WithLabelValues(typ, string(o)).Inc()
-			if o == IgnoredRelayed && s.logOnce.first("relay "+req.GatewayIPAddr.String()) {
+			if o == IgnoredRelayed && s.logOnce.First("relay "+req.GatewayIPAddr.String()) {
 				s.Logger.Info("ignoring relayed DHCP requests: the DHCP server serves its own segment only (logged once per relay)", "relay", req.GatewayIPAddr.String())
 			}
-			continue
+			return
 		}
-		if !s.limiter.allow(req.ClientHWAddr.String()+"/"+typ, time.Now()) {
+		if !s.limiter.Allow(req.ClientHWAddr.String()+"/"+typ, time.Now()) {
 			s.Metrics.Packets.WithLabelValues(typ, string(IgnoredRateLimit)).Inc()
-			continue
+			return
 		}
-		select {
-		case s.sem <- struct{}{}:
-		default:
+		if !s.workers.Go(func() { s.handle(ctx, req) }) {
 			s.Metrics.Packets.WithLabelValues(typ, string(DroppedBusy)).Inc()
-			continue
 		}
-		s.wg.Add(1)
-		go func() {
-			defer func() { <-s.sem; s.wg.Done() }()
-			s.handle(ctx, req)
-		}()
-	}
+	})
 }
 
 // precheck drops what the server never answers, cheaply, in the read loop.
@@ -415,24 +379,6 @@ func precheck(req *dhcpv4.DHCPv4) (Outcome, bool) {
 	}
 	// BOOTP (no message type), and replies from other servers.
 	return IgnoredNotForUs, false
-}
-
-func msgTypeLabel(p *dhcpv4.DHCPv4) string {
-	switch p.MessageType() {
-	case dhcpv4.MessageTypeDiscover:
-		return "discover"
-	case dhcpv4.MessageTypeRequest:
-		return "request"
-	case dhcpv4.MessageTypeInform:
-		return "inform"
-	case dhcpv4.MessageTypeRelease:
-		return "release"
-	case dhcpv4.MessageTypeDecline:
-		return "decline"
-	case dhcpv4.MessageTypeNone:
-		return "bootp"
-	}
-	return "other"
 }
 
 // handle answers one request and reports it.
@@ -460,7 +406,7 @@ func (s *Server) handle(ctx context.Context, req *dhcpv4.DHCPv4) {
 func (s *Server) respond(ctx context.Context, req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, LeaseEvent) {
 	now := s.now()
 	c := client{mac: req.ClientHWAddr, id: req.GetOneOption(dhcpv4.OptionClientIdentifier), hostname: cleanHostname(req.HostName())}
-	ev := LeaseEvent{Time: now, MsgType: msgTypeLabel(req), MAC: c.mac, Hostname: c.hostname}
+	ev := LeaseEvent{Time: now, MsgType: dhcpproxy.MsgTypeLabel(req), MAC: c.mac, Hostname: c.hostname}
 	log := s.Logger.With("mac", c.mac.String())
 	sid := addrOf(req.ServerIdentifier())
 	forOther := sid.IsValid() && sid != s.Address
@@ -590,11 +536,11 @@ func (s *Server) boot(ctx context.Context, req *dhcpv4.DHCPv4, yiaddr netip.Addr
 	}
 	// Rules and templates see the address the machine is getting.
 	pxe.IP = yiaddr
-	arch := archFor(pxe.ArchCode)
+	arch, _, _ := dhcpproxy.ArchFor(pxe.ArchCode)
 	ev := dhcpproxy.Event{
 		Time: s.now(), MAC: pxe.MAC, Arch: arch, ArchName: dhcpproxy.ArchName(pxe.ArchCode), IP: yiaddr,
 		UUID: pxe.UUID, Hostname: pxe.Hostname, Labels: pxe.Labels, VendorClass: pxe.VendorClass,
-		Port: dhcpproxy.PortDHCP, MsgType: msgTypeLabel(req),
+		Port: dhcpproxy.PortDHCP, MsgType: dhcpproxy.MsgTypeLabel(req),
 	}
 	if pxe.IPXE {
 		ev.UserClass = "iPXE"
@@ -613,7 +559,7 @@ func (s *Server) boot(ctx context.Context, req *dhcpv4.DHCPv4, yiaddr netip.Addr
 	tgt, err := pol.Booter.Target(ctx, pxe.Identity(arch))
 	if err != nil {
 		ev.Reason = err.Error()
-		if s.logOnce.first("target " + pxe.MAC.String()) {
+		if s.logOnce.First("target " + pxe.MAC.String()) {
 			s.Logger.Info("network boot client gets an address but no boot file: no boot target for this machine (logged once per MAC)",
 				"mac", pxe.MAC.String(), "arch", ev.ArchName, "uuid", pxe.UUID, "reason", err)
 		}
@@ -624,7 +570,7 @@ func (s *Server) boot(ctx context.Context, req *dhcpv4.DHCPv4, yiaddr netip.Addr
 	offer, outcome := dhcpproxy.Decide(pxe, dhcpproxy.Env{ServerIP: s.Address, Firmware: pol.Firmware, URLs: pol.URLs, SecureBoot: tgt.SecureBoot})
 	ev.BootFile, ev.Reason = offer.BootFile, offer.Reason
 	if outcome != dhcpproxy.Answered {
-		if s.logOnce.first("arch " + pxe.MAC.String() + " " + ev.ArchName) {
+		if s.logOnce.First("arch " + pxe.MAC.String() + " " + ev.ArchName) {
 			s.Logger.Warn("network boot client gets an address but no boot file: no boot program for its architecture",
 				"mac", pxe.MAC.String(), "arch", ev.ArchName, "reason", offer.Reason)
 		}
@@ -670,26 +616,4 @@ func cleanHostname(h string) string {
 		return ""
 	}
 	return h
-}
-
-// onceSet remembers keys already logged, up to a bound.
-type onceSet struct {
-	mu   sync.Mutex
-	max  int
-	seen map[string]struct{}
-}
-
-func newOnceSet(max int) *onceSet { return &onceSet{max: max, seen: map[string]struct{}{}} }
-
-func (o *onceSet) first(key string) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if _, ok := o.seen[key]; ok {
-		return false
-	}
-	if len(o.seen) >= o.max {
-		clear(o.seen)
-	}
-	o.seen[key] = struct{}{}
-	return true
 }

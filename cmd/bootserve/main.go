@@ -268,17 +268,24 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	return serve(ctx, s, stderr)
 }
 
+// loadConfigArg parses the command line of a command whose one flag is
+// --config FILE, and loads FILE.
+func loadConfigArg(fs *flag.FlagSet, args []string) (c *configs.Config, path string, err error) {
+	p := fs.String("config", "", "TOML config file")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return nil, "", err
+	}
+	if *p == "" {
+		fs.Usage()
+		return nil, "", errUsage
+	}
+	c, err = configs.Load(*p)
+	return c, *p, err
+}
+
 func cmdWarm(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("warm", stderr, "Usage: bootserve warm --config FILE\n\nBuild every archive the Nix targets of FILE need now (profiles as they resolve\nnow, configurations built now), so the first boots are fast.\n\n")
-	path := fs.String("config", "", "TOML config file")
-	if _, err := parseInterspersed(fs, args); err != nil {
-		return err
-	}
-	if *path == "" {
-		fs.Usage()
-		return errUsage
-	}
-	c, err := configs.Load(*path)
+	c, _, err := loadConfigArg(fs, args)
 	if err != nil {
 		return err
 	}
@@ -300,19 +307,11 @@ func cmdWarm(ctx context.Context, args []string, stderr io.Writer) error {
 
 func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr, "Usage: bootserve check --config FILE\n\n")
-	path := fs.String("config", "", "TOML config file")
-	if _, err := parseInterspersed(fs, args); err != nil {
-		return err
-	}
-	if *path == "" {
-		fs.Usage()
-		return errUsage
-	}
-	c, err := configs.Load(*path)
+	c, path, err := loadConfigArg(fs, args)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: OK\n", *path)
+	fmt.Fprintf(stdout, "%s: OK\n", path)
 	for _, w := range c.Warnings {
 		fmt.Fprintf(stdout, "  warning: %s\n", w)
 	}
