@@ -192,6 +192,10 @@ func (e *nativeEngine) transfer(req wireRequest, peer netip.AddrPort, local neti
 	} else {
 		refusal = e.srv.serveRead(e.ctx, r, t)
 	}
+	if refusal == errBusy {
+		// No answer: the client retries after its timeout (Config.MaxTransfers).
+		return
+	}
 	if refusal != nil {
 		t.sendError(refusal)
 	}

@@ -57,8 +57,13 @@ type Config struct {
 	// on the transfer's goroutine, concurrently with other transfers: it must
 	// be safe for concurrent use, quick, and must not block.
 	OnTransfer func(Transfer)
-	// MaxTransfers bounds concurrent read transfers; requests over the bound
-	// are answered "server busy" at once. Default DefaultMaxTransfers.
+	// MaxTransfers bounds concurrent read transfers. The native engine leaves
+	// a request over the bound unanswered, so the client sends it again after
+	// its timeout and is served once a transfer has ended (firmware takes an
+	// ERROR as the end of its boot attempt: in a boot storm "server busy"
+	// would fail every machine past the bound); the pin engine answers
+	// "server busy". Either way the request is counted as refused.
+	// Default DefaultMaxTransfers.
 	MaxTransfers int
 	// Timeout is how long to wait for an ACK before retransmitting; Retries
 	// is how many retransmissions of one packet are made before the transfer
