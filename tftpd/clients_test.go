@@ -227,8 +227,8 @@ func testRealClients(t *testing.T, engine string) {
 
 // BenchmarkTransfer measures one download over loopback per engine, with
 // pin/tftp's client (lock-step) and with tftpclient at several window
-// sizes; the MB/s column is the throughput. bench/tftp compares with
-// dnsmasq and across a veth pair.
+// sizes; the MB/s column is the throughput. bench/sidebyside's
+// TestTFTPWindow compares with dnsmasq across a namespaced LAN.
 func BenchmarkTransfer(b *testing.B) {
 	const size = 8 << 20
 	file := randomBytes(b, size)
