@@ -18,6 +18,7 @@ import (
 
 	"github.com/bootserve/bootserve/e2e/netlab"
 	"github.com/bootserve/bootserve/internal/pcapread"
+	"github.com/bootserve/bootserve/status"
 )
 
 // refusalTimeout bounds the negative controls: each refusal shows within
@@ -115,6 +116,7 @@ secure_boot = true
 		t.Errorf("bootserve did not warn about the unsigned kernel at start:\n%s", srv.Tail(30))
 	}
 
+	var signedIP netip.Addr
 	t.Run("signed", func(t *testing.T) {
 		r, sbOn := bootSecure(t, lab, signedMAC, netlab.Regexp(`NETBOOT-OK .*sb=on`))
 		if !r.MarkerSeen {
@@ -129,6 +131,7 @@ secure_boot = true
 			t.Errorf("marker %q does not carry the leased address %v", r.MarkerLine, ip)
 		}
 		checkLeaseFile(t, leaseFile, signedMAC, ip)
+		signedIP = ip
 		t.Logf("signed: Secure Boot on, full DHCP, shim → GRUB → signed kernel to marker in %.1f s (leased %v)", r.Seconds(), ip)
 	})
 
@@ -204,6 +207,27 @@ secure_boot = true
 	}
 	if st := get("/status.json"); !strings.Contains(st, "started over without running it") || !strings.Contains(st, "DHCP server") {
 		t.Errorf("status.json lacks the refusal's reason or the DHCP server service:\n%.2000s", st)
+	}
+	// The status page lists the DHCP server's leases: the signed VM's
+	// address, bound to it, with its network boot.
+	var snap status.Snapshot
+	if err := json.Unmarshal([]byte(get("/status.json")), &snap); err != nil {
+		t.Errorf("status.json: %v", err)
+	} else if snap.Leases == nil || snap.Leases.Bound != 3 {
+		t.Errorf("status.json leases: %+v, want 3 bound", snap.Leases)
+	} else if signedIP.IsValid() {
+		var found bool
+		for _, l := range snap.Leases.Rows {
+			if l.IP == signedIP.String() {
+				found = true
+				if l.MAC != signedMAC || l.State != status.LeaseBound || !l.NetBoot || !l.Expires.After(snap.Now) {
+					t.Errorf("status.json lease of the signed VM: %+v", l)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("status.json leases lack the signed VM's %v: %+v", signedIP, snap.Leases.Rows)
+		}
 	}
 	m := get("/metrics")
 	for _, want := range []string{`bootserve_dhcpserver_leases 3`, `bootserve_dhcpserver_pool_addresses 50`, `bootserve_dhcpserver_packets_total{outcome="acked",type="request"}`} {

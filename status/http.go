@@ -93,7 +93,11 @@ func (t *Tracker) current(maxAge time.Duration) (js []byte, ver uint64, changed 
 		return js, ver, changed
 	}
 	t.cacheMu.Unlock()
-	s := t.snapshotLocked()
+	t.mu.Unlock()
+	recs := t.leaseRecords()
+	t.mu.Lock()
+	ver, changed = t.version, t.changed
+	s := t.snapshotLocked(recs)
 	t.mu.Unlock()
 	s.Now = time.Time{}
 	js, err := json.Marshal(s)
@@ -245,6 +249,7 @@ func parsePage() *template.Template {
 			}
 			return durText(now.Sub(m.Start).Seconds())
 		},
+		"rel":        func(at, now time.Time) string { return relText(at.Sub(now).Seconds()) },
 		"size":       sizeText,
 		"xfer":       transferText,
 		"pct":        func(x *Transfer) int64 { return percent(x) },
@@ -310,4 +315,26 @@ func durText(sec float64) string {
 		return fmt.Sprintf("%.2fs", sec)
 	}
 	return fmt.Sprintf("%.1fs", sec)
+}
+
+// relText is "in 59m12s" or "3m07s ago" for a time sec seconds away; app.js
+// has the same.
+func relText(sec float64) string {
+	ago := sec < 0
+	n := int64(math.Abs(sec))
+	var s string
+	switch {
+	case n < 60:
+		s = fmt.Sprintf("%ds", n)
+	case n < 3600:
+		s = fmt.Sprintf("%dm%02ds", n/60, n%60)
+	case n < 86400:
+		s = fmt.Sprintf("%dh%02dm", n/3600, n%3600/60)
+	default:
+		s = fmt.Sprintf("%dd%02dh", n/86400, n%86400/3600)
+	}
+	if ago {
+		return s + " ago"
+	}
+	return "in " + s
 }

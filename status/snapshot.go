@@ -20,6 +20,9 @@ type Snapshot struct {
 	// Events and Errors are newest first.
 	Events []Entry `json:"events"`
 	Errors []Entry `json:"errors"`
+	// Leases is the DHCP server's address table, nil (absent) unless
+	// bootserve is the DHCP server.
+	Leases *Leases `json:"leases,omitempty"`
 }
 
 // Counts sums the machines by state.

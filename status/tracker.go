@@ -37,6 +37,11 @@
 // bootserve_boot_duration_seconds histogram, once per boot, and only for
 // boots whose DHCP the tracker saw. Targets that never fetch a kernel through
 // bootserve (chain, sanboot, local disk) never reach "booted".
+//
+// # Leases
+//
+// In full-DHCP mode the page also lists the DHCP server's addresses, booting
+// clients or not (see leases.go).
 package status
 
 import (
@@ -51,6 +56,7 @@ import (
 	"time"
 
 	"github.com/bootserve/bootserve/dhcpproxy"
+	"github.com/bootserve/bootserve/dhcpserver"
 	"github.com/bootserve/bootserve/firmware"
 	"github.com/bootserve/bootserve/httpboot"
 	"github.com/bootserve/bootserve/tftpd"
@@ -117,6 +123,9 @@ type Options struct {
 	// SSEInterval is the least time between two updates sent to one
 	// client (default 250ms, 4 updates/s); changes in between are merged.
 	SSEInterval time.Duration
+	// MaxLeases bounds the DHCP lease rows shown (the rest are counted as
+	// hidden) and the lease history kept.
+	MaxLeases int
 	// Heartbeat is how often an idle stream gets a comment line, so
 	// proxies and the browser keep it open.
 	Heartbeat time.Duration
@@ -202,6 +211,11 @@ type Tracker struct {
 	byIP     map[netip.Addr]string // address → key of the row that last had it
 	events   ring
 	errors   ring
+	// leaseSrc is set in full-DHCP mode; leaseHist is keyed by address.
+	leaseSrc  func() []dhcpserver.Lease
+	leaseHist map[netip.Addr]*leaseHist
+	wake      *time.Timer // the next lease expiry
+	wakeAt0   time.Time
 
 	cacheMu      sync.Mutex
 	cacheVer     uint64
@@ -271,6 +285,7 @@ func New(opts Options) *Tracker {
 	def(&opts.MaxEvents, DefaultMaxEvents)
 	def(&opts.MaxErrors, DefaultMaxErrors)
 	def(&opts.MaxSSEClients, DefaultMaxSSEClients)
+	def(&opts.MaxLeases, DefaultMaxLeases)
 	defd(&opts.RestartAfter, DefaultRestartAfter)
 	defd(&opts.Settle, DefaultSettle)
 	defd(&opts.SSEInterval, DefaultSSEInterval)
@@ -280,15 +295,16 @@ func New(opts Options) *Tracker {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Tracker{
-		opts:     opts,
-		log:      log,
-		page:     parsePage(),
-		sse:      make(chan struct{}, opts.MaxSSEClients),
-		changed:  make(chan struct{}),
-		machines: map[string]*machine{},
-		byIP:     map[netip.Addr]string{},
-		events:   ring{max: opts.MaxEvents},
-		errors:   ring{max: opts.MaxErrors},
+		opts:      opts,
+		log:       log,
+		page:      parsePage(),
+		sse:       make(chan struct{}, opts.MaxSSEClients),
+		changed:   make(chan struct{}),
+		machines:  map[string]*machine{},
+		byIP:      map[netip.Addr]string{},
+		leaseHist: map[netip.Addr]*leaseHist{},
+		events:    ring{max: opts.MaxEvents},
+		errors:    ring{max: opts.MaxErrors},
 	}
 }
 
@@ -811,19 +827,34 @@ func (t *Tracker) settled(key string, gen uint64) {
 
 // Snapshot returns the current state, newest boots first.
 func (t *Tracker) Snapshot() Snapshot {
+	recs := t.leaseRecords()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.snapshotLocked()
+	return t.snapshotLocked(recs)
 }
 
-func (t *Tracker) snapshotLocked() Snapshot {
+// leaseRecords reads the DHCP server's pool, outside the tracker's lock:
+// the pool has a lock of its own.
+func (t *Tracker) leaseRecords() []dhcpserver.Lease {
+	t.mu.Lock()
+	src := t.leaseSrc
+	t.mu.Unlock()
+	if src == nil {
+		return nil
+	}
+	return src()
+}
+
+func (t *Tracker) snapshotLocked(recs []dhcpserver.Lease) Snapshot {
+	now := time.Now()
 	s := Snapshot{
-		Now:      time.Now(),
+		Now:      now,
 		Version:  t.version,
 		Config:   t.config,
 		Machines: make([]Machine, 0, len(t.machines)),
 		Events:   t.events.newestFirst(),
 		Errors:   t.errors.newestFirst(),
+		Leases:   t.leaseTable(recs, now),
 	}
 	for _, m := range t.machines {
 		row := m.row()

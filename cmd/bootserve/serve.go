@@ -313,7 +313,8 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 		// boot file too; ProxyDHCP keeps port 4011 for EDK2's BINL
 		// REQUEST. Both report boots alike to the status page.
 		sv.ds = &dhcpserver.Server{Interface: s.Interface, Address: s.Address, Config: s.DHCP.Server,
-			Logger: log.With("server", "dhcp"), Metrics: dhcpserver.NewMetrics(reg), OnBoot: onBoot}
+			Logger: log.With("server", "dhcp"), Metrics: dhcpserver.NewMetrics(reg), OnBoot: onBoot, OnLease: st.Lease}
+		st.WatchLeases(sv.ds.Leases)
 		if err := acct.prepareStateFile(s.DHCP.Server.LeaseFile); err != nil {
 			return fmt.Errorf("dhcp.lease_file %s: %w", s.DHCP.Server.LeaseFile, err)
 		}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bootserve/bootserve/dhcpproxy"
+	"github.com/bootserve/bootserve/dhcpserver"
 	"github.com/bootserve/bootserve/firmware"
 	"github.com/bootserve/bootserve/httpboot"
 	"github.com/bootserve/bootserve/status"
@@ -216,6 +217,55 @@ func TestStatusPageFallsBackToPolling(t *testing.T) {
 		if !strings.Contains(p, "503") && !strings.Contains(strings.ToLower(p), "eventsource") {
 			t.Errorf("unexpected problem: %s", p)
 		}
+	}
+	checkPNG(t, shot)
+}
+
+// In full-DHCP mode the leases table follows the DHCP server live, shows a
+// host name from the network as text, and counts its expiry down; on a
+// phone the rows turn into cards like the machines.
+func TestStatusPageLeasesLive(t *testing.T) {
+	needBrowser(t)
+	tr, srv, opened := newStatusServer(t, status.Options{})
+	var mu sync.Mutex
+	var recs []dhcpserver.Lease
+	tr.WatchLeases(func() []dhcpserver.Lease {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]dhcpserver.Lease(nil), recs...)
+	})
+	lease := func(ev dhcpserver.LeaseEvent, st dhcpserver.LeaseState) {
+		mu.Lock()
+		recs = append(recs, dhcpserver.Lease{IP: ev.IP, MAC: ev.MAC, Hostname: ev.Hostname, State: st, Expires: ev.Expires})
+		mu.Unlock()
+		tr.Lease(ev)
+	}
+	const host = `<b>printer</b>`
+	lease(dhcpserver.LeaseEvent{Time: time.Now(), MsgType: "request", Outcome: dhcpserver.Acked, MAC: hw("3c:ec:ef:10:aa:01"),
+		IP: netip.MustParseAddr("192.168.10.100"), Hostname: host, Expires: time.Now().Add(12 * time.Hour)}, dhcpserver.StateBound)
+	go func() {
+		<-opened
+		time.Sleep(300 * time.Millisecond)
+		lease(dhcpserver.LeaseEvent{Time: time.Now(), MsgType: "request", Outcome: dhcpserver.Acked, MAC: hw("52:54:00:12:34:58"),
+			IP: netip.MustParseAddr("192.168.10.101"), Hostname: "rack1-node08", BootFile: "efi-x64/snponly.efi",
+			Expires: time.Now().Add(time.Hour)}, dhcpserver.StateBound)
+	}()
+	until := `(function () {
+		var rows = document.querySelectorAll('#leases tr');
+		var late = document.querySelector('#leases tr[data-ip="192.168.10.101"]');
+		var first = document.querySelector('#leases tr[data-ip="192.168.10.100"]');
+		return !document.querySelector('#leases-panel').hidden && rows.length === 2 && late !== null &&
+			late.dataset.state === 'bound' && late.querySelector('.rel').textContent.indexOf('in 59m') === 0 &&
+			late.querySelector('td[data-label="Network boot"]').textContent === 'yes' &&
+			first.querySelector('.sub').textContent === ` + "'" + host + "'" + ` && first.querySelector('b') === null;
+	})()`
+	shot := filepath.Join(t.ArtifactDir(), "status-leases-phone.png")
+	res, err := Run(context.Background(), Options{URL: srv.URL + "/", Until: until, Screenshot: shot, Width: 390, Height: 844, Timeout: 60 * time.Second})
+	if err != nil {
+		t.Fatalf("%v\nconsole:\n%s", err, strings.Join(res.Console, "\n"))
+	}
+	if len(res.Problems) > 0 {
+		t.Fatalf("the page reported problems:\n%s", strings.Join(res.Problems, "\n"))
 	}
 	checkPNG(t, shot)
 }

@@ -12,6 +12,7 @@
   const STALE_MS = 5000;
   const STAGES = ['offered', 'firmware', 'script', 'kernel', 'initrd', 'booted', 'ignored'];
   const LEVELS = ['info', 'warn', 'error'];
+  const LEASE_STATES = ['offered', 'bound', 'declined', 'conflict', 'released', 'expired'];
 
   let offset = 0; // server clock minus browser clock, ms
   let version = -1;
@@ -52,6 +53,19 @@
       : (x.bytes / 1e6).toFixed(1) + ' MB';
     if (x.bytes_per_sec > 0) s += ' · ' + (x.bytes_per_sec / 1e6).toFixed(1) + ' MB/s';
     return s;
+  }
+
+  // rel mirrors relText in http.go: "in 59m12s", "3m07s ago".
+  function rel(sec) {
+    const ago = sec < 0;
+    const n = Math.floor(Math.abs(sec));
+    const p2 = (v) => String(v).padStart(2, '0');
+    let s;
+    if (n < 60) s = n + 's';
+    else if (n < 3600) s = Math.floor(n / 60) + 'm' + p2(n % 60) + 's';
+    else if (n < 86400) s = Math.floor(n / 3600) + 'h' + p2(Math.floor((n % 3600) / 60)) + 'm';
+    else s = Math.floor(n / 86400) + 'd' + p2(Math.floor((n % 86400) / 3600)) + 'h';
+    return ago ? s + ' ago' : 'in ' + s;
   }
 
   function stageClass(s) {
@@ -141,6 +155,62 @@
     return tr;
   }
 
+  function leaseRow(l) {
+    const tr = el('tr');
+    tr.dataset.ip = l.ip;
+    tr.dataset.mac = l.mac || '';
+    tr.dataset.state = l.state || '';
+
+    const addr = el('td');
+    addr.dataset.label = 'Address';
+    addr.append(el('span', 'mac', l.ip));
+
+    const who = el('td');
+    who.dataset.label = 'Client';
+    if (l.mac) who.append(el('span', 'mac', l.mac));
+    if (l.hostname) who.append(el('span', 'sub', l.hostname));
+
+    const state = el('td');
+    state.dataset.label = 'State';
+    state.append(el('span', 'pill ' + (LEASE_STATES.includes(l.state) ? 'ls-' + l.state : 's-none'), l.state));
+
+    const exp = el('td');
+    exp.dataset.label = 'Expiry';
+    const at = Date.parse(l.expires);
+    if (l.expires && !isNaN(at)) {
+      const e = el('span', 'rel', rel((at - serverNow()) / 1000));
+      e.dataset.at = l.expires;
+      e.title = clock(l.expires);
+      exp.append(e);
+    }
+
+    const boot = el('td');
+    boot.dataset.label = 'Network boot';
+    if (l.boot_stage) boot.append(el('span', stageClass(l.boot_stage), l.boot_stage));
+    else if (l.netboot) boot.textContent = 'yes';
+    else boot.append(el('span', 'sub', 'no'));
+
+    tr.append(addr, who, state, exp, boot);
+    return tr;
+  }
+
+  function renderLeases(t) {
+    $('leases-panel').hidden = !t;
+    if (!t) return;
+    let counts = (t.bound || 0) + ' bound · ' + (t.offered || 0) + ' offered';
+    if (t.hidden) counts += ' · ' + t.hidden + ' more not shown';
+    $('lease-counts').textContent = counts;
+    const rows = (t.rows || []).map(leaseRow);
+    if (!rows.length) {
+      const tr = el('tr', 'empty');
+      const td = el('td', '', 'No address handed out yet.');
+      td.colSpan = 5;
+      tr.append(td);
+      rows.push(tr);
+    }
+    $('leases').replaceChildren(...rows);
+  }
+
   function logItem(e) {
     const li = el('li', LEVELS.includes(e.level) ? 'l-' + e.level : '');
     li.append(el('time', '', clock(e.time)), el('span', 'src', e.source));
@@ -194,6 +264,7 @@
       rows.push(tr);
     }
     $('machines').replaceChildren(...rows);
+    renderLeases(s.leases);
     renderList('events', s.events, 'Nothing yet.');
     renderList('errors', s.errors, 'No errors.');
   }
@@ -209,6 +280,9 @@
   function tick() {
     for (const e of document.querySelectorAll('.elapsed[data-start]')) {
       e.textContent = dur((serverNow() - Date.parse(e.dataset.start)) / 1000);
+    }
+    for (const e of document.querySelectorAll('.rel[data-at]')) {
+      e.textContent = rel((Date.parse(e.dataset.at) - serverNow()) / 1000);
     }
   }
 
@@ -288,6 +362,9 @@
     // The server rendered the page; convert its clocks, then go live.
     for (const e of document.querySelectorAll('.elapsed[data-start]')) {
       if (isNaN(Date.parse(e.dataset.start))) delete e.dataset.start;
+    }
+    for (const e of document.querySelectorAll('.rel[data-at]')) {
+      if (isNaN(Date.parse(e.dataset.at))) delete e.dataset.at;
     }
     setInterval(tick, 1000);
     startStream();
