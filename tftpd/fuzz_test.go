@@ -25,8 +25,12 @@ func FuzzPacket(f *testing.F) {
 	} {
 		f.Add(seed)
 	}
+	// One junk socket for the whole run: transfers the junk started keep
+	// sending (OACK, DATA) to its port, and a fresh socket per input could
+	// be given that port and take them for its own.
+	junk := newRawClient(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		junk := newRawClient(t)
+		junk.t = t
 		junk.send(ts.addr, b)
 		c := newRawClient(t)
 		_, got := c.get(ts.addr, "f", "blksize", "512")
