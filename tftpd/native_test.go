@@ -3,6 +3,7 @@ package tftpd
 import (
 	"bytes"
 	"context"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -450,5 +451,35 @@ func TestNetascii(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Errorf("tftp-hpa netascii %s: got %d bytes, want %d, or content differs", name, len(got), len(want))
 		}
+	}
+}
+
+// tftpclient's size probe (the storm generator plays EDK2 with it) reads
+// tsize from the OACK and aborts; a request the server leaves unanswered
+// because it is at its transfer limit is sent again and then served.
+func TestClientSizeProbeAndRerequest(t *testing.T) {
+	file := randomBytes(t, 3000)
+	ts := startServer(t, Config{Source: Map{"f": file}, MaxTransfers: 1, Timeout: 5 * time.Second}, "")
+	ctx := context.Background()
+	res, err := tftpclient.Get(ctx, ts.addr.AddrPort(), "f", io.Discard, tftpclient.Options{SizeOnly: true, BlockSize: 1468, WindowSize: 4})
+	if err != nil || res.TSize != int64(len(file)) || res.Bytes != 0 {
+		t.Fatalf("size probe: %v, result %+v", err, res)
+	}
+	ts.waitOutcome(t, OutcomeAbortedProbe, 1)
+	waitFor(t, "the probe's slot free", func() bool { return testutilFloat(ts.metrics.active) == 0 })
+
+	// A holder takes the only slot and sits on DATA 1.
+	holder := newRawClient(t)
+	holder.send(ts.addr, rq(opRRQ, "f", "octet"))
+	p := holder.mustRecv()
+	waitFor(t, "1 active transfer", func() bool { return testutilFloat(ts.metrics.active) == 1 })
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		holder.conn.WriteToUDP(errorPacket(0, "bye"), p.from)
+	}()
+	var buf bytes.Buffer
+	res, err = tftpclient.Get(ctx, ts.addr.AddrPort(), "f", &buf, tftpclient.Options{Timeout: 200 * time.Millisecond})
+	if err != nil || !bytes.Equal(buf.Bytes(), file) || res.Rerequests < 1 {
+		t.Errorf("behind a busy slot: %v, %d bytes, result %+v (want Rerequests ≥ 1)", err, buf.Len(), res)
 	}
 }

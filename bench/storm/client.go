@@ -9,12 +9,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/bootserve/bootserve/tftpd/tftpclient"
 )
 
 // The stages of one boot, in order.
@@ -210,34 +213,57 @@ func (c *client) binl(ctx context.Context, sr *StageResult) error {
 	return nil
 }
 
+// EDK2's MTFTP as its PXE driver uses it (PxeBcTftpGetFileSize, then
+// PxeBcTftpReadFile): every packet waits 4 s for an answer and is sent at
+// most 6 times; blksize 1468 and windowsize 4 are asked for; the first
+// request only learns the size (tsize) and is aborted at the OACK.
+var edk2TFTP = tftpclient.Options{BlockSize: 1468, WindowSize: 4, Timeout: 4 * time.Second, Retries: 5}
+
 // tftp reads the boot file as EDK2 does: a size probe, then the read. Like
 // the firmware it gives up at the first ERROR from the server (a "server
 // busy" ends a real machine's boot attempt) and after 6 unanswered tries of
 // one packet; Retries counts the packets it had to send again.
 func (c *client) tftp(ctx context.Context, sr *StageResult) error {
-	probe, err := tftpGet(ctx, c.ip, c.server, c.res.BootFile, true)
-	sr.Retries += probe.retransmits
-	if err != nil {
-		return c.tftpError(sr, "size probe", err)
+	server := netip.AddrPortFrom(addrOf(c.server), 69)
+	get := func(what string, o tftpclient.Options) (tftpclient.Result, error) {
+		// From the client's own address, a new port per request, as EDK2.
+		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: c.ip})
+		if err != nil {
+			return tftpclient.Result{}, fmt.Errorf("tftp %s (%s): bind %s: %w", c.res.BootFile, what, c.ip, err)
+		}
+		defer conn.Close()
+		o.Conn = conn
+		res, err := tftpclient.Get(ctx, server, c.res.BootFile, io.Discard, o)
+		sr.Retries += res.Reacks + res.Rerequests
+		if err != nil {
+			var se *tftpclient.ServerError
+			if errors.As(err, &se) {
+				sr.ServerErrors++
+			}
+			return res, fmt.Errorf("tftp %s (%s): %w", c.res.BootFile, what, err)
+		}
+		return res, nil
 	}
-	read, err := tftpGet(ctx, c.ip, c.server, c.res.BootFile, false)
-	sr.Retries += read.retransmits
-	sr.Bytes = read.bytes
+	probeOpts := edk2TFTP
+	probeOpts.SizeOnly = true
+	probe, err := get("size probe", probeOpts)
 	if err != nil {
-		return c.tftpError(sr, "read", err)
+		return err
 	}
-	if read.bytes != probe.size {
-		return fmt.Errorf("tftp %s: got %d bytes, the size probe said %d", c.res.BootFile, read.bytes, probe.size)
+	read, err := get("read", edk2TFTP)
+	sr.Bytes = read.Bytes
+	if err != nil {
+		return err
+	}
+	if read.Bytes != probe.TSize {
+		return fmt.Errorf("tftp %s: got %d bytes, the size probe said %d", c.res.BootFile, read.Bytes, probe.TSize)
 	}
 	return nil
 }
 
-func (c *client) tftpError(sr *StageResult, what string, err error) error {
-	var se *tftpServerError
-	if errors.As(err, &se) {
-		sr.ServerErrors++
-	}
-	return fmt.Errorf("tftp %s (%s): %w", c.res.BootFile, what, err)
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip.To4())
+	return a
 }
 
 // ipxeDiscover is the chainloaded iPXE asking again; it must now get its

@@ -39,6 +39,10 @@ type Options struct {
 	// giving up. Defaults 1 s and 5.
 	Timeout time.Duration
 	Retries int
+	// SizeOnly asks for tsize and stops at the OACK, aborting the
+	// transfer with an ERROR, as EDK2's size probe does; Result.TSize is
+	// the answer (an OACK without tsize, or DATA, is an error).
+	SizeOnly bool
 	// Conn, if set, is the socket to use (e.g. one opened inside a network
 	// namespace); it is not closed. Otherwise Get opens one with a 4 MB
 	// receive buffer (or the system's maximum), so that whole windows fit
@@ -58,6 +62,9 @@ type Result struct {
 	// Reacks counts ACKs this client sent again: after a timeout, or on a
 	// block out of order (a block was lost, or the server resent).
 	Reacks int
+	// Rerequests counts requests sent again because no answer came (a
+	// server at its transfer limit stays silent).
+	Rerequests int
 }
 
 // ServerError is an ERROR packet from the server.
@@ -116,6 +123,9 @@ func Get(ctx context.Context, server netip.AddrPort, name string, w io.Writer, o
 			asked[opt.name] = opt.v
 		}
 	}
+	if o.SizeOnly {
+		o.TSize = true
+	}
 	if o.TSize {
 		add("tsize")
 		add("0")
@@ -143,6 +153,8 @@ func Get(ctx context.Context, server netip.AddrPort, name string, w io.Writer, o
 			if started {
 				res.Reacks++
 				inWin = 0
+			} else {
+				res.Rerequests++
 			}
 			if err := c.send(last, c.peer(server, started)); err != nil {
 				return res, err
@@ -175,6 +187,13 @@ func Get(ctx context.Context, server netip.AddrPort, name string, w io.Writer, o
 				c.send(errPacket(8, err.Error()), c.tid)
 				return res, err
 			}
+			if o.SizeOnly {
+				c.send(errPacket(0, "size probe done"), c.tid)
+				if res.TSize < 0 {
+					return res, errors.New("the server's OACK has no tsize")
+				}
+				return res, nil
+			}
 			last = ack(0)
 			if err := c.send(last, c.tid); err != nil {
 				return res, err
@@ -185,6 +204,8 @@ func Get(ctx context.Context, server netip.AddrPort, name string, w io.Writer, o
 			if err := c.send(ack(0), c.tid); err != nil {
 				return res, err
 			}
+		case op == opDATA && o.SizeOnly:
+			return res, errors.New("the server ignored the tsize option: it sent DATA, not an OACK")
 		case op == opDATA:
 			started = true
 			data := p[4:]
