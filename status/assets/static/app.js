@@ -194,21 +194,25 @@
     return tr;
   }
 
+  // renderRows fills a table body, or says why it is empty.
+  function renderRows(id, rows, empty, cols) {
+    if (!rows.length) {
+      const td = el('td', '', empty);
+      td.colSpan = cols;
+      const tr = el('tr', 'empty');
+      tr.append(td);
+      rows.push(tr);
+    }
+    $(id).replaceChildren(...rows);
+  }
+
   function renderLeases(t) {
     $('leases-panel').hidden = !t;
     if (!t) return;
     let counts = (t.bound || 0) + ' bound · ' + (t.offered || 0) + ' offered';
     if (t.hidden) counts += ' · ' + t.hidden + ' more not shown';
     $('lease-counts').textContent = counts;
-    const rows = (t.rows || []).map(leaseRow);
-    if (!rows.length) {
-      const tr = el('tr', 'empty');
-      const td = el('td', '', 'No address handed out yet.');
-      td.colSpan = 5;
-      tr.append(td);
-      rows.push(tr);
-    }
-    $('leases').replaceChildren(...rows);
+    renderRows('leases', (t.rows || []).map(leaseRow), 'No address handed out yet.', 5);
   }
 
   function logItem(e) {
@@ -255,15 +259,7 @@
     renderHeader(s.config || {});
     const c = s.counts || {};
     $('counts').textContent = (c.booting || 0) + ' booting · ' + (c.booted || 0) + ' booted · ' + (c.ignored || 0) + ' ignored';
-    const rows = (s.machines || []).map(machineRow);
-    if (!rows.length) {
-      const tr = el('tr', 'empty');
-      const td = el('td', '', 'No machine has asked to boot yet.');
-      td.colSpan = 7;
-      tr.append(td);
-      rows.push(tr);
-    }
-    $('machines').replaceChildren(...rows);
+    renderRows('machines', (s.machines || []).map(machineRow), 'No machine has asked to boot yet.', 7);
     renderLeases(s.leases);
     renderList('events', s.events, 'Nothing yet.');
     renderList('errors', s.errors, 'No errors.');
