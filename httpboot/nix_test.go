@@ -1119,15 +1119,14 @@ func getAsync(url string) <-chan nixResult {
 	return ch
 }
 
-// TestNixConfigurationRace is nix-netboot-serve's documented race: machine
-// A boots while its configuration builds slowly, the configuration changes,
-// machine B boots and its build finishes first. Each must get the system
-// built from the configuration as it was when its own boot started.
-func TestNixConfigurationRace(t *testing.T) {
-	requireNix(t)
-	configs, roots, gates := t.TempDir(), t.TempDir(), t.TempDir()
-	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
-	f := newFixture(t, machines.Static{T: machines.Target{Kind: machines.KindLocal, Name: "local"}})
+// newConfigurationFixture serves configurations from a new directory
+// through the real Nix CLI, built offline, with GC roots in roots; nonce
+// keeps this run's store paths apart from earlier runs'.
+func newConfigurationFixture(t *testing.T) (f *fixture, configs, roots, nonce string) {
+	t.Helper()
+	configs, roots = t.TempDir(), t.TempDir()
+	nonce = strconv.FormatInt(time.Now().UnixNano(), 36)
+	f = newFixture(t, machines.Static{T: machines.Target{Kind: machines.KindLocal, Name: "local"}})
 	st, err := nixstore.New(nixstore.Options{Backend: nixstore.BackendCLI, ConfigurationsDir: configs,
 		GCRootsDir: roots, BuildArgs: nixtest.OfflineBuildArgs()})
 	if err != nil {
@@ -1139,6 +1138,17 @@ func TestNixConfigurationRace(t *testing.T) {
 	}
 	t.Cleanup(func() { cache.Close() })
 	f.srv.SetNix(&Nix{Store: st, Cache: cache})
+	return f, configs, roots, nonce
+}
+
+// TestNixConfigurationRace is nix-netboot-serve's documented race: machine
+// A boots while its configuration builds slowly, the configuration changes,
+// machine B boots and its build finishes first. Each must get the system
+// built from the configuration as it was when its own boot started.
+func TestNixConfigurationRace(t *testing.T) {
+	requireNix(t)
+	f, configs, roots, nonce := newConfigurationFixture(t)
+	gates := t.TempDir()
 
 	write := func(name, content string) {
 		t.Helper()
@@ -1247,20 +1257,7 @@ func TestNixConfigurationRace(t *testing.T) {
 
 func TestNixConfigurationBuildFails(t *testing.T) {
 	requireNix(t)
-	configs, roots := t.TempDir(), t.TempDir()
-	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
-	f := newFixture(t, machines.Static{T: machines.Target{Kind: machines.KindLocal, Name: "local"}})
-	st, err := nixstore.New(nixstore.Options{Backend: nixstore.BackendCLI, ConfigurationsDir: configs,
-		GCRootsDir: roots, BuildArgs: nixtest.OfflineBuildArgs()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache, err := cpiocache.Open(cpiocache.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cache.Close() })
-	f.srv.SetNix(&Nix{Store: st, Cache: cache})
+	f, configs, roots, nonce := newConfigurationFixture(t)
 	os.MkdirAll(filepath.Join(configs, "broken"), 0o755)
 	os.WriteFile(filepath.Join(configs, "broken", "default.nix"), []byte(configNix("broken", nonce, "", true)), 0o644)
 	os.MkdirAll(filepath.Join(configs, "syntax"), 0o755)
