@@ -7,8 +7,11 @@ GOBIN     := $(shell $(GO) env GOPATH)/bin
 # Debian packages the tests and the demo run against (real peers, real firmware).
 DEB_PKGS  := qemu-system-x86 qemu-utils ovmf ipxe ipxe-qemu dnsmasq-base busybox-static \
              cpio iproute2 tcpdump nix-bin zstd tftp-hpa curl ca-certificates chromium systemd
-# How long each fuzz target runs in `make test` (longer runs: make fuzz FUZZTIME=10m).
-FUZZTIME  ?= 10s
+# How much each fuzz target runs in `make test`: a count of inputs, because a
+# wall-clock -fuzztime can fail with "context deadline exceeded" and no
+# crasher when a loaded host delays the workers at the deadline (a race in
+# Go's fuzz coordinator). Longer runs: make fuzz FUZZTIME=10m.
+FUZZTIME  ?= 30000x
 
 .PHONY: all build firmware deps test unit lint e2e demo fuzz bench clean
 

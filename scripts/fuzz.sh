@@ -1,7 +1,8 @@
 #!/bin/bash
-# fuzz.sh DURATION — run every Go fuzz target in the module for DURATION each.
+# fuzz.sh BUDGET — run every Go fuzz target in the module, each for BUDGET:
+# a -fuzztime value, a duration (10m) or a count of inputs (30000x).
 set -euo pipefail
-t=${1:-10s}
+t=${1:-30000x}
 status=0
 for pkg in $(go list ./...); do
   dir=$(go list -f '{{.Dir}}' "$pkg")
