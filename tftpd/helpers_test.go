@@ -28,9 +28,21 @@ type testServer struct {
 	stop    func() error // cancels Serve and returns its result
 }
 
+// enginePoller is, for tests only, the native engine with every transfer
+// on a netpoller socket instead of a thread socket (conn.go); startServer
+// knows it.
+const enginePoller = "native-poller"
+
+// resolveEngine turns the test-only engine name into its Config.
+func resolveEngine(cfg *Config) {
+	if cfg.Engine == enginePoller {
+		cfg.Engine, cfg.threadTransfers = EngineNative, -1
+	}
+}
+
 // forEachEngine runs f as a subtest per engine.
 func forEachEngine(t *testing.T, f func(t *testing.T, engine string)) {
-	for _, e := range []string{EngineNative, EnginePin} {
+	for _, e := range []string{EngineNative, enginePoller, EnginePin} {
 		t.Run(e, func(t *testing.T) { f(t, e) })
 	}
 }
@@ -43,6 +55,7 @@ func startServer(t testing.TB, cfg Config, laddr string) *testServer {
 		laddr = "127.0.0.1:0"
 	}
 	ts := &testServer{logs: &logSink{}}
+	resolveEngine(&cfg)
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(prometheus.NewRegistry())
 	}

@@ -33,7 +33,8 @@ type nativeEngine struct {
 	loopDone chan struct{}
 	wg       sync.WaitGroup // transfers
 
-	replies tokenBucket // answers to malformed packets, used by the request loop only
+	replies tokenBucket   // answers to malformed packets, used by the request loop only
+	threads chan struct{} // one token per transfer on a thread socket (conn.go)
 }
 
 func newNativeEngine(s *Server, ctx context.Context) *nativeEngine {
@@ -44,6 +45,7 @@ func newNativeEngine(s *Server, ctx context.Context) *nativeEngine {
 		// Answers to junk are few and small, but a flood must not turn the
 		// server into a packet reflector: 100 a second, bursts of 100.
 		replies: tokenBucket{rate: 100, burst: 100},
+		threads: make(chan struct{}, max(0, s.cfg.threadTransfers)),
 	}
 }
 
@@ -173,17 +175,20 @@ func (e *nativeEngine) shutdown() {
 
 // transfer runs one request on its own socket.
 func (e *nativeEngine) transfer(req wireRequest, peer netip.AddrPort, local netip.Addr) {
-	laddr := &net.UDPAddr{}
-	if local.IsValid() {
-		laddr = &net.UDPAddr{IP: local.AsSlice(), Zone: local.Zone()}
+	thread := false
+	select {
+	case e.threads <- struct{}{}:
+		thread = true
+		defer func() { <-e.threads }()
+	default:
 	}
-	conn, err := net.ListenUDP("udp", laddr)
+	conn, err := listenTransfer(local, peer, thread)
 	if err != nil {
 		// E.g. out of file descriptors: the request is lost and the client will retry.
 		e.srv.log.Error("tftp cannot open a transfer socket", "client", peer.String(), "err", err)
 		return
 	}
-	defer conn.Close()
+	defer conn.close()
 	t := &nativeTransfer{e: e, conn: conn, peer: peer, req: req}
 	r := request{client: peer, local: local.WithZone(""), name: req.name}
 	var refusal error
@@ -204,7 +209,7 @@ func (e *nativeEngine) transfer(req wireRequest, peer netip.AddrPort, local neti
 // nativeTransfer is one read transfer.
 type nativeTransfer struct {
 	e    *nativeEngine
-	conn *net.UDPConn
+	conn transferConn
 	peer netip.AddrPort
 	req  wireRequest
 
@@ -237,14 +242,14 @@ func (t *nativeTransfer) send(r *fileReader) (sendStats, error) {
 	t.stats = sendStats{blockSize: t.neg.blockSize, windowSize: t.neg.windowSize}
 	t.rbuf = make([]byte, 1500) // ACKs and ERRORs; anything longer is not for us
 	// Shutdown wakes a transfer blocked waiting for an ACK at once.
-	stop := context.AfterFunc(t.e.ctx, func() { t.conn.SetReadDeadline(time.Now()) })
+	stop := context.AfterFunc(t.e.ctx, t.conn.wake)
 	defer stop()
 
 	var src blockSource
 	if t.req.mode == "netascii" {
 		src = &asciiBlocks{enc: newNetasciiEncoder(io.NewSectionReader(r, 0, r.size)), size: r.size}
 	} else {
-		src = &octetBlocks{r: r, size: r.size, blockSize: t.neg.blockSize}
+		src = &octetBlocks{r: r, size: r.size, blockSize: t.neg.blockSize, window: t.neg.windowSize}
 	}
 	if t.neg.oack != nil {
 		if err := t.sendOACK(); err != nil {
@@ -278,14 +283,14 @@ func (t *nativeTransfer) sendError(err error) {
 	if !errors.As(err, &te) {
 		te = &tftpError{0, "transfer failed"}
 	}
-	t.conn.WriteToUDPAddrPort(encodeError(te), t.peer)
+	t.conn.send(encodeError(te), t.peer)
 }
 
 // sendOACK sends the option acknowledgement until the client acknowledges
 // it with ACK 0.
 func (t *nativeTransfer) sendOACK() error {
 	for try := 0; ; try++ {
-		if _, err := t.conn.WriteToUDPAddrPort(t.neg.oack, t.peer); err != nil {
+		if err := t.conn.send(t.neg.oack, t.peer); err != nil {
 			return err
 		}
 		deadline := time.Now().Add(t.neg.timeout)
@@ -337,7 +342,7 @@ func (t *nativeTransfer) sendData(src blockSource) error {
 				return err
 			}
 			binary.BigEndian.PutUint16(pkt[2:], uint16(b))
-			if _, err := t.conn.WriteToUDPAddrPort(pkt[:4+n], t.peer); err != nil {
+			if err := t.conn.send(pkt[:4+n], t.peer); err != nil {
 				return err
 			}
 			if b <= maxSent {
@@ -387,13 +392,10 @@ func (t *nativeTransfer) sendData(src blockSource) error {
 // malformed packets from the client.
 func (t *nativeTransfer) next(deadline time.Time) (uint16, error) {
 	for {
-		t.conn.SetReadDeadline(deadline)
-		// Checked after setting the deadline: a shutdown that came before
-		// would otherwise wait for this deadline.
 		if t.e.ctx.Err() != nil {
 			return 0, errShuttingDown
 		}
-		n, from, err := t.conn.ReadFromUDPAddrPort(t.rbuf)
+		n, from, err := t.conn.recv(t.rbuf, deadline)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if t.e.ctx.Err() != nil {
@@ -406,13 +408,12 @@ func (t *nativeTransfer) next(deadline time.Time) (uint16, error) {
 			}
 			return 0, err
 		}
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 		p := t.rbuf[:n]
 		if from.Addr().WithZone("") != t.peer.Addr().WithZone("") || from.Port() != t.peer.Port() {
 			// RFC 1350: tell the stranger, do not disturb the transfer. An
 			// ERROR is never answered.
 			if n < 2 || binary.BigEndian.Uint16(p) != opERROR {
-				t.conn.WriteToUDPAddrPort(encodeError(errBadTID), from)
+				t.conn.send(encodeError(errBadTID), from)
 			}
 			continue
 		}
@@ -453,20 +454,61 @@ type blockSource interface {
 	sent(n uint64) int64
 }
 
-// octetBlocks reads blocks straight from the file.
+// octetBlocks reads the file in chunks of whole blocks and serves blocks
+// from the chunk: one read per chunk, not per block, which is a syscall per
+// 512-byte block for a lock-step client.
 type octetBlocks struct {
 	r         io.ReaderAt
 	size      int64
 	blockSize int
+	window    int
+
+	chunk []byte // blocks first..first+len(chunk)/blockSize-1, the last maybe short
+	first uint64 // 0: nothing read yet
+	per   uint64 // blocks a chunk holds
 }
+
+// Chunks hold at least 32 KiB, or the whole window if that is at most
+// 256 KiB, so a window is one read and a transfer's memory stays small.
+const (
+	minChunk = 32 << 10
+	maxChunk = 256 << 10
+)
 
 func (o *octetBlocks) block(n uint64, p []byte) (int, error) {
 	off := int64(n-1) * int64(o.blockSize)
-	l := min(int64(o.blockSize), o.size-off)
-	if l <= 0 {
+	if off >= o.size {
 		return 0, nil // the empty block that ends a file of whole blocks
 	}
-	return o.r.ReadAt(p[:l], off)
+	if o.first == 0 || n < o.first || n >= o.first+o.per {
+		if err := o.fill(n); err != nil {
+			return 0, err
+		}
+	}
+	i := int(n-o.first) * o.blockSize
+	return copy(p, o.chunk[i:min(i+o.blockSize, len(o.chunk))]), nil
+}
+
+// fill reads the chunk that starts at block n.
+func (o *octetBlocks) fill(n uint64) error {
+	if o.per == 0 {
+		o.per = uint64(max(1, minChunk/o.blockSize))
+		if w := uint64(o.window); w > o.per && w*uint64(o.blockSize) <= maxChunk {
+			o.per = w
+		}
+	}
+	off := int64(n-1) * int64(o.blockSize)
+	l := min(int64(o.per)*int64(o.blockSize), o.size-off)
+	if int64(cap(o.chunk)) < l {
+		o.chunk = make([]byte, l)
+	}
+	o.chunk = o.chunk[:l]
+	o.first = 0 // until the read succeeds
+	if _, err := o.r.ReadAt(o.chunk, off); err != nil {
+		return err
+	}
+	o.first = n
+	return nil
 }
 
 func (o *octetBlocks) release(uint64) {}

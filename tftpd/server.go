@@ -34,6 +34,12 @@ const (
 	// and 64 blocks of 1468 bytes (94 KB) fit the default socket buffers of
 	// a receiving Linux or firmware stack.
 	DefaultMaxWindowSize = 64
+
+	// defaultThreadTransfers bounds the threads blocked in transfers
+	// (conn.go): a thread costs a stack and Go stops at 10,000 of them,
+	// while past a few hundred transfers the netpoller's cost per ACK is
+	// shared anyway.
+	defaultThreadTransfers = 256
 )
 
 // Engines for Config.Engine.
@@ -86,6 +92,11 @@ type Config struct {
 	// (1..65535; default DefaultMaxWindowSize). The pin engine does not
 	// negotiate windows: it always sends one block at a time.
 	MaxWindowSize int
+
+	// threadTransfers is how many native transfers at once get a thread
+	// socket (conn.go); New sets 0 to the default, -1 to none. Unexported:
+	// tests set it to cover the netpoller path.
+	threadTransfers int
 }
 
 // Outcome classifies how a read request ended; the values are also the
@@ -184,6 +195,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ShutdownGrace == 0 {
 		cfg.ShutdownGrace = DefaultShutdownGrace
+	}
+	if cfg.threadTransfers == 0 {
+		cfg.threadTransfers = defaultThreadTransfers
 	}
 	log := cfg.Logger
 	if log == nil {
