@@ -484,3 +484,69 @@ func TestClientSizeProbeAndRerequest(t *testing.T) {
 		t.Errorf("behind a busy slot: %v, %d bytes, result %+v (want Rerequests ≥ 1)", err, buf.Len(), res)
 	}
 }
+
+// octetBlocks serves every block, in order and after jumps back (a
+// retransmitted window) and forward, from chunks of whole blocks, for
+// chunks of one block up to many.
+func TestOctetBlocks(t *testing.T) {
+	for _, size := range []int{0, 1, 511, 512, 513, 5000, 70001} {
+		file := randomBytes(t, size)
+		for _, chunkCap := range []int{512, 3*512 + 7, 64 << 10} {
+			o := &octetBlocks{r: bytes.NewReader(file), size: int64(size), blockSize: 512, chunk: make([]byte, 0, chunkCap)}
+			last := uint64(size/512 + 1)
+			order := []uint64{}
+			for b := uint64(1); b <= last; b++ {
+				order = append(order, b)
+			}
+			order = append(order, last, 1, last/2+1, 2, last) // jumps
+			p := make([]byte, 512)
+			for _, b := range order {
+				n, err := o.block(b, p)
+				off := min(int(b-1)*512, size)
+				want := file[off:min(off+512, size)]
+				if err != nil || !bytes.Equal(p[:n], want) {
+					t.Fatalf("size %d, chunk %d, block %d: %d bytes, %v; want %d bytes", size, chunkCap, b, n, err, len(want))
+				}
+			}
+		}
+	}
+}
+
+// A file that shrinks while being sent ends the transfer with an ERROR,
+// never with a short last block the client would take for the end.
+func TestFileShrinksDuringTransfer(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	file := randomBytes(t, 300<<10) // several chunks
+	if err := os.WriteFile(path, file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Source: Dir(dir)}
+	ended := endEvents(&cfg)
+	ts := startServer(t, cfg, "")
+	c := newRawClient(t)
+	c.send(ts.addr, rq(opRRQ, "f", "octet"))
+	p := c.mustRecv()
+	if p.op() != opDATA || p.block() != 1 {
+		t.Fatalf("got %v, want DATA 1", p)
+	}
+	if err := os.Truncate(path, 1000); err != nil {
+		t.Fatal(err)
+	}
+	for b := uint16(1); ; b++ {
+		c.send(p.from, ackPacket(b))
+		p = c.mustRecv()
+		if p.op() == opERROR {
+			if p.errMsg() != errShortFile.msg {
+				t.Errorf("ERROR %q, want %q", p.errMsg(), errShortFile.msg)
+			}
+			break
+		}
+		if p.op() != opDATA || p.block() != b+1 || len(p.data()) != 512 {
+			t.Fatalf("got %v, want a full DATA %d or an ERROR", p, b+1)
+		}
+	}
+	if tr := nextEvent(t, ended); tr.Outcome != OutcomeFailed || !strings.Contains(tr.Err.Error(), "changed during the transfer") {
+		t.Errorf("transfer %+v, want failed because the file changed", tr)
+	}
+}
