@@ -242,7 +242,7 @@ func (e *clientError) Error() string {
 func (t *nativeTransfer) send(r *fileReader) (sendStats, error) {
 	t.neg = negotiate(t.req.opts, t.req.mode, r.size, t.e.lim)
 	t.stats = sendStats{blockSize: t.neg.blockSize, windowSize: t.neg.windowSize}
-	bufs, release := t.e.transferBufs(t.neg.blockSize)
+	bufs, release := t.e.transferBufs(t.neg.blockSize, r.osFile)
 	defer release()
 	t.rbuf, t.pkt = bufs.rbuf, bufs.pkt
 	// Shutdown wakes a transfer blocked waiting for an ACK at once.
@@ -460,12 +460,13 @@ type blockSource interface {
 
 // octetBlocks reads the file a chunk of whole blocks at a time and serves
 // blocks from the chunk: one read per chunk, not one per block (a syscall
-// per 512 bytes for a lock-step client).
+// per 512 bytes for a lock-step client). Without a chunk (in-memory files)
+// it reads each block straight into the packet.
 type octetBlocks struct {
 	r         io.ReaderAt
 	size      int64
 	blockSize int
-	chunk     []byte // its capacity: whole blocks, at least one
+	chunk     []byte // nil, or its capacity holds at least one block
 
 	first uint64 // the block at chunk[0]; 0: nothing read
 }
@@ -474,6 +475,9 @@ func (o *octetBlocks) block(n uint64, p []byte) (int, error) {
 	off := int64(n-1) * int64(o.blockSize)
 	if off >= o.size {
 		return 0, nil // the empty block that ends a file of whole blocks
+	}
+	if o.chunk == nil {
+		return o.r.ReadAt(p[:min(int64(o.blockSize), o.size-off)], off)
 	}
 	if o.first == 0 || n < o.first || n >= o.first+uint64(len(o.chunk)/o.blockSize) {
 		o.first = 0 // until the read succeeds
@@ -601,12 +605,12 @@ func (b *tokenBucket) allow(now time.Time) bool {
 	return true
 }
 
-// transferBufSize is the size of a pooled transfer buffer. Buffers are
-// pooled because a fresh one costs page faults as it is first written,
-// which on a virtual machine were a third of a small file's transfer time
-// (12 faults, ~0.3 ms, for a 174 KB boot program). 64 KiB holds the
-// buffers of any block size up to 31 KiB with a chunk of at least 32 KiB.
-const transferBufSize = 64 << 10
+// transferBufSize is the size of a pooled transfer buffer. Buffers with a
+// chunk are pooled because a fresh one costs page faults as it is first
+// written, which on a virtual machine were a third of a small file's
+// transfer time (12 faults, ~0.3 ms, for a 174 KB boot program). 32 KiB
+// holds any block size up to 15 KiB with a chunk of at least one block.
+const transferBufSize = 32 << 10
 
 // transferBufs are the buffers of one transfer.
 type transferBufs struct {
@@ -614,13 +618,18 @@ type transferBufs struct {
 }
 
 // transferBufs returns buffers for a transfer with blocks of bs bytes and
-// the function that gives them back.
-func (e *nativeEngine) transferBufs(bs int) (transferBufs, func()) {
+// the function that gives them back. Only files read with a syscall get a
+// chunk: in-memory files (boot programs, generated configs) are copied
+// straight into the packet, and a storm of them should not hold 32 KiB each.
+func (e *nativeEngine) transferBufs(bs int, chunked bool) (transferBufs, func()) {
 	const rlen = 1500
-	need := rlen + 4 + bs + bs // at least one block in the chunk
+	need := rlen + 4 + bs
+	if chunked {
+		need += bs // at least one block in the chunk
+	}
 	var buf []byte
 	release := func() {}
-	if need <= transferBufSize {
+	if chunked && need <= transferBufSize {
 		p, _ := e.bufs.Get().(*[transferBufSize]byte)
 		if p == nil {
 			p = new([transferBufSize]byte)
@@ -631,6 +640,8 @@ func (e *nativeEngine) transferBufs(bs int) (transferBufs, func()) {
 		buf = make([]byte, need)
 	}
 	b := transferBufs{rbuf: buf[:rlen:rlen], pkt: buf[rlen : rlen+4+bs : rlen+4+bs]}
-	b.chunk = buf[rlen+4+bs : rlen+4+bs]
+	if chunked {
+		b.chunk = buf[rlen+4+bs : rlen+4+bs]
+	}
 	return b, release
 }

@@ -486,13 +486,16 @@ func TestClientSizeProbeAndRerequest(t *testing.T) {
 }
 
 // octetBlocks serves every block, in order and after jumps back (a
-// retransmitted window) and forward, from chunks of whole blocks, for
-// chunks of one block up to many.
+// retransmitted window) and forward, straight from the file (no chunk) and
+// from chunks of one block up to many.
 func TestOctetBlocks(t *testing.T) {
 	for _, size := range []int{0, 1, 511, 512, 513, 5000, 70001} {
 		file := randomBytes(t, size)
-		for _, chunkCap := range []int{512, 3*512 + 7, 64 << 10} {
-			o := &octetBlocks{r: bytes.NewReader(file), size: int64(size), blockSize: 512, chunk: make([]byte, 0, chunkCap)}
+		for _, chunkCap := range []int{0, 512, 3*512 + 7, 64 << 10} {
+			o := &octetBlocks{r: bytes.NewReader(file), size: int64(size), blockSize: 512}
+			if chunkCap > 0 {
+				o.chunk = make([]byte, 0, chunkCap)
+			}
 			last := uint64(size/512 + 1)
 			order := []uint64{}
 			for b := uint64(1); b <= last; b++ {

@@ -18,6 +18,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 	"time"
 
@@ -39,7 +40,7 @@ const (
 	// (conn.go): a thread costs a stack and Go stops at 10,000 of them,
 	// while past a few hundred transfers the netpoller's cost per ACK is
 	// shared anyway.
-	defaultThreadTransfers = 256
+	defaultThreadTransfers = 32
 )
 
 // Engines for Config.Engine.
@@ -394,7 +395,8 @@ func (s *Server) serveRead(ctx context.Context, req request, out outgoing) error
 	t.Size = size
 	s.emit(t)
 
-	r := &fileReader{ctx: ctx, sr: io.NewSectionReader(f, 0, size), size: size}
+	_, osFile := f.(*os.File)
+	r := &fileReader{ctx: ctx, sr: io.NewSectionReader(f, 0, size), size: size, osFile: osFile}
 	var st sendStats
 	st, err = out.send(r)
 	t.Bytes, t.BlockSize, t.WindowSize, t.Retransmits = st.bytes, st.blockSize, st.windowSize, st.retransmits
@@ -481,6 +483,7 @@ type fileReader struct {
 	size    int64
 	started bool
 	err     error
+	osFile  bool // reads are syscalls: worth reading ahead
 }
 
 func (r *fileReader) Read(p []byte) (int, error) {
