@@ -13,15 +13,16 @@ import (
 // the request was sent to and open to any peer (so strangers can be told
 // "unknown transfer ID").
 //
-// Why two kinds: most of a transfer is waiting for the next ACK, and a
-// socket in Go's netpoller costs a runtime wake-up per ACK (the epoll
-// thread wakes, readies the goroutine, and on a small machine another
-// thread spins up to run it). For a lock-step client (RFC 1350 without
-// windows: tftp-hpa, curl, old PXE ROMs) that is most of the time per block:
-// 1 MiB took 1.2–1.6× dnsmasq's time. A blocking socket read on the
-// transfer's own thread wakes only that thread, which is what a C server's
-// poll loop costs. Threads are not free, so only so many transfers get one
-// (threadConns); the rest use the netpoller.
+// Why two kinds: most of a transfer is waiting for the next ACK. A socket
+// in Go's netpoller costs a runtime wake-up per ACK (the epoll thread
+// wakes, readies the goroutine, and another thread may spin up to run it);
+// for a lock-step client (RFC 1350 without windows: tftp-hpa, curl, old PXE
+// ROMs) that was most of the time per block, and 1 MiB took 1.2–1.6×
+// dnsmasq's time. A blocking read on the transfer's own thread wakes only
+// that thread, as a C server's poll loop does. With many transfers at once
+// the netpoller wins instead (one epoll_wait serves many sockets, and
+// threads cost stacks), so only the first few transfers get a thread
+// (Config.threadTransfers); the rest use the netpoller.
 type transferConn interface {
 	// send writes one datagram to to.
 	send(p []byte, to netip.AddrPort) error

@@ -36,10 +36,9 @@ const (
 	// a receiving Linux or firmware stack.
 	DefaultMaxWindowSize = 64
 
-	// defaultThreadTransfers bounds the threads blocked in transfers
-	// (conn.go): a thread costs a stack and Go stops at 10,000 of them,
-	// while past a few hundred transfers the netpoller's cost per ACK is
-	// shared anyway.
+	// defaultThreadTransfers is how many transfers at once wait on their own
+	// thread (conn.go): the handful a LAN normally has. In a 500-machine
+	// storm, 256 threads cost 14 MiB more peak memory than 32 and no time.
 	defaultThreadTransfers = 32
 )
 
