@@ -83,6 +83,19 @@ func (l *lanClient) recv(t *testing.T, xid dhcpv4.TransactionID, timeout time.Du
 	}
 }
 
+// serveUntilCleanup runs s.Serve(ctx) until the test ends, then cancels
+// and checks that Serve returned cleanly.
+func serveUntilCleanup(t *testing.T, s *Server, ctx context.Context, cancel context.CancelFunc) {
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+}
+
 func TestServerOnNamespacedLAN(t *testing.T) {
 	lan := netnstest.New(t)
 	reg := prometheus.NewRegistry()
@@ -99,14 +112,7 @@ func TestServerOnNamespacedLAN(t *testing.T) {
 	if s.Address != lan.Server.Addr {
 		t.Fatalf("server address %v, want the interface's %v", s.Address, lan.Server.Addr)
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	serveUntilCleanup(t, s, ctx, cancel)
 	c68 := newLANClient(t, lan.Client, 68)
 	c4011 := newLANClient(t, lan.Client, 4011)
 	count := func(typ string, o Outcome) float64 {
@@ -232,14 +238,7 @@ func TestPXEOnlyLeavesPort67(t *testing.T) {
 		}
 		c.Close()
 	})
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	serveUntilCleanup(t, s, ctx, cancel)
 	c4011 := newLANClient(t, lan.Client, 4011)
 	req := request(t, withArch(7), withClass("PXEClient:Arch:00007:UNDI:003000"),
 		dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest), dhcpv4.WithClientIP(lan.Client.Addr.AsSlice()))
