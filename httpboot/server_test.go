@@ -267,10 +267,10 @@ func TestRemoteFilesAndSSRF(t *testing.T) {
 	// A URL bootserve did not sign, or one tampered to point elsewhere, is
 	// refused before anything is fetched.
 	before := hits.Load()
-	forged := f.url + "/f/" + base64JSON(`{"s":"`+upstream.URL+`/secret"}`) + ".AAAAAAAAAAAAAAAAAAAAAA/x"
+	forged := f.url + "/f/" + base64Ref(upstream.URL+"/secret") + ".AAAAAAAAAAAAAAAAAAAAAA/x"
 	tok := strings.Split(strings.TrimPrefix(u, f.url+"/f/"), "/")[0]
 	_, sig, _ := strings.Cut(tok, ".")
-	tampered := f.url + "/f/" + base64JSON(`{"s":"`+upstream.URL+`/other"}`) + "." + sig + "/x"
+	tampered := f.url + "/f/" + base64Ref(upstream.URL+"/other") + "." + sig + "/x"
 	for _, bad := range []string{forged, tampered} {
 		if resp, _ := get(t, bad); resp.StatusCode != http.StatusForbidden {
 			t.Errorf("unsigned remote URL: %d", resp.StatusCode)
@@ -281,4 +281,7 @@ func TestRemoteFilesAndSSRF(t *testing.T) {
 	}
 }
 
-func base64JSON(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+// base64Ref is a well-formed token payload for src, for forging tokens.
+func base64Ref(src string) string {
+	return base64.RawURLEncoding.EncodeToString(encodeRef(fileRef{Src: src}))
+}
