@@ -197,14 +197,14 @@ func (s *Server) handleNixBoot(w http.ResponseWriter, r *http.Request) {
 	name, file := r.PathValue("name"), r.PathValue("file")
 	top, err := s.nix.Store.Lookup(name)
 	if err != nil {
-		setRoute(r, "nix")
+		setRoute(w, "nix")
 		s.log.Info("refused nix request", "path", r.URL.Path, "err", err)
 		nixHTTPError(w, err)
 		return
 	}
 	switch file {
 	case "netboot.ipxe":
-		setRoute(r, "nix_script")
+		setRoute(w, "nix_script")
 		script, err := s.nixScript(base(r), top, r.URL.Query())
 		if err != nil {
 			nixHTTPError(w, err)
@@ -213,7 +213,7 @@ func (s *Server) handleNixBoot(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write(script)
 	case "bzImage":
-		setRoute(r, "nix_kernel")
+		setRoute(w, "nix_kernel")
 		tl, err := s.nix.Store.TopLevel(top)
 		if err != nil {
 			nixHTTPError(w, err)
@@ -234,7 +234,7 @@ func (s *Server) handleNixBoot(w http.ResponseWriter, r *http.Request) {
 		// Store paths are immutable: the path names the content.
 		s.serveTracked(w, r, fileBody{f: f, size: st.Size()}, s.nixEvent(r, StageKernel, "bzImage"), `"`+path.Base(tl.Kernel)+`"`, time.Time{})
 	case "initrd":
-		setRoute(r, "nix_initrd")
+		setRoute(w, "nix_initrd")
 		c, release, err := s.nix.initrd(r.Context(), top)
 		if err != nil {
 			s.log.Warn("assemble initrd", "system", top, "err", err)
@@ -244,7 +244,7 @@ func (s *Server) handleNixBoot(w http.ResponseWriter, r *http.Request) {
 		defer release()
 		s.serveTracked(w, r, concatBody{c}, s.nixEvent(r, StageInitrd, "initrd"), `"`+name+"-"+s.nix.Compression.String()+`"`, time.Time{})
 	default:
-		setRoute(r, "nix")
+		setRoute(w, "nix")
 		http.NotFound(w, r)
 	}
 }
@@ -356,7 +356,7 @@ func (s *Server) resolveNix(ctx context.Context, t *machines.Target) (string, er
 }
 
 func (s *Server) handleDispatch(w http.ResponseWriter, r *http.Request) {
-	setRoute(r, "nix_dispatch")
+	setRoute(w, "nix_dispatch")
 	name := r.PathValue("name")
 	t := &machines.Target{Kind: machines.KindNixProfile, Nix: name, Name: "profile " + name}
 	if strings.HasPrefix(r.URL.Path, "/dispatch/configuration/") {

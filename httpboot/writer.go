@@ -23,12 +23,13 @@ type trackingWriter struct {
 	idle     time.Duration
 	status   int
 	bytes    int64
+	route    string // set by the handler, for metrics and the access log
 	progress func(sent int64)
 	lastProg time.Time
 }
 
 func newTrackingWriter(w http.ResponseWriter, idle time.Duration) *trackingWriter {
-	return &trackingWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: idle}
+	return &trackingWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: idle, route: "other"}
 }
 
 func (t *trackingWriter) WriteHeader(code int) {
