@@ -51,6 +51,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -730,7 +731,7 @@ func (t *Tracker) httpTransfer(m *machine, ev httpboot.Event, at time.Time, e En
 		m.cancelSettle()
 		m.reach(stage, at)
 		m.xfer = &transfer{proto: "http", stage: stage, name: ev.Name, size: ev.Size, start: at, updated: at}
-		e.Message = fmt.Sprintf("%s %s: started (%s)", stage, ev.Name, sizeText(ev.Size))
+		e.Message = string(stage) + " " + ev.Name + ": started (" + sizeText(ev.Size) + ")"
 		t.events.add(e)
 	case "progress":
 		if same {
@@ -764,7 +765,7 @@ func (t *Tracker) httpTransfer(m *machine, ev httpboot.Event, at time.Time, e En
 			e.Message = fmt.Sprintf("%s %s: failed after %s of %s: %s", stage, ev.Name, sizeText(ev.Bytes), sizeText(x.size), x.err)
 			m.setErr(e.Message, at)
 		case complete:
-			e.Message = fmt.Sprintf("%s %s: %s", stage, ev.Name, sentText(ev.Bytes, d))
+			e.Message = string(stage) + " " + ev.Name + ": " + sentText(ev.Bytes, d)
 			if stage == StageKernel || stage == StageInitrd {
 				t.armSettle(m, at)
 			}
@@ -934,19 +935,19 @@ func sizeText(n int64) string {
 	case n < 0:
 		return "size unknown"
 	case n < 1000:
-		return fmt.Sprintf("%d B", n)
+		return strconv.FormatInt(n, 10) + " B"
 	case n < 1000*1000:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+		return strconv.FormatFloat(float64(n)/1e3, 'f', 1, 64) + " kB"
 	}
-	return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	return strconv.FormatFloat(float64(n)/1e6, 'f', 1, 64) + " MB"
 }
 
 // sentText is "sent 12.4 MB in 0.40s (30.8 MB/s)"; no rate for transfers
 // too short to time.
 func sentText(n int64, d time.Duration) string {
-	s := fmt.Sprintf("sent %s in %s", sizeText(n), secs(d))
+	s := "sent " + sizeText(n) + " in " + secs(d)
 	if d >= minTimed {
-		s += fmt.Sprintf(" (%.1f MB/s)", float64(n)/d.Seconds()/1e6)
+		s += " (" + strconv.FormatFloat(float64(n)/d.Seconds()/1e6, 'f', 1, 64) + " MB/s)"
 	}
 	return s
 }
@@ -956,7 +957,7 @@ const minTimed = 50 * time.Millisecond
 
 func secs(d time.Duration) string {
 	if d < 10*time.Second {
-		return fmt.Sprintf("%.2fs", d.Seconds())
+		return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) + "s"
 	}
-	return fmt.Sprintf("%.1fs", d.Seconds())
+	return strconv.FormatFloat(d.Seconds(), 'f', 1, 64) + "s"
 }

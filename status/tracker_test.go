@@ -520,3 +520,30 @@ func TestUnsignedProgramRefusedDiagnostic(t *testing.T) {
 		t.Errorf("errors %+v", errs)
 	}
 }
+
+func TestSizeText(t *testing.T) {
+	for n, want := range map[int64]string{
+		-1: "size unknown", 0: "0 B", 999: "999 B", 1000: "1.0 kB", 1049: "1.0 kB", 1051: "1.1 kB",
+		999_949: "999.9 kB", 1_028_384: "1.0 MB", 8_247_232: "8.2 MB", 104_857_600: "104.9 MB",
+	} {
+		if got := sizeText(n); got != want {
+			t.Errorf("sizeText(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+func TestSentText(t *testing.T) {
+	for _, c := range []struct {
+		n    int64
+		d    time.Duration
+		want string
+	}{
+		{1_028_384, 2 * time.Millisecond, "sent 1.0 MB in 0.00s"},
+		{8_247_232, 400 * time.Millisecond, "sent 8.2 MB in 0.40s (20.6 MB/s)"},
+		{104_857_600, 12 * time.Second, "sent 104.9 MB in 12.0s (8.7 MB/s)"},
+	} {
+		if got := sentText(c.n, c.d); got != c.want {
+			t.Errorf("sentText(%d, %v) = %q, want %q", c.n, c.d, got, c.want)
+		}
+	}
+}
