@@ -293,8 +293,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case quietRoute(tw.route):
 		lvl = slog.LevelDebug
 	}
-	s.log.Log(r.Context(), lvl, "http", "method", r.Method, "path", logPath(r.URL), "status", code,
-		"bytes", tw.bytes, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr, "route", tw.route)
+	s.log.LogAttrs(r.Context(), lvl, "http", slog.String("method", r.Method), slog.String("path", logPath(r.URL)), slog.Int("status", code),
+		slog.Int64("bytes", tw.bytes), slog.Duration("duration", time.Since(start).Round(time.Microsecond)), slog.String("remote", r.RemoteAddr), slog.String("route", tw.route))
 }
 
 // reserveStack grows the request goroutine's stack to 16 KB in one step.
@@ -528,6 +528,9 @@ func (s *Server) serveTracked(w http.ResponseWriter, r *http.Request, b body, ev
 	s.emit(ev)
 	if tw, ok := w.(*trackingWriter); ok && s.opts.OnEvent != nil {
 		tw.progress = func(sent int64) {
+			if sent >= ev.Size {
+				return // all sent: the "done" event follows at once
+			}
 			e := ev
 			e.Phase, e.Bytes = "progress", sent
 			s.emit(e)

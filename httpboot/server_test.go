@@ -53,6 +53,13 @@ type fixture struct {
 
 func newFixture(t *testing.T, b machines.Booter) *fixture {
 	t.Helper()
+	return newFixtureWith(t, b, nil)
+}
+
+// newFixtureWith lets a test set options (event hooks, limits) before the
+// server starts.
+func newFixtureWith(t *testing.T, b machines.Booter, setOpts func(*Options)) *fixture {
+	t.Helper()
 	logs := &logBuffer{}
 	dir := t.TempDir()
 	fwdir := t.TempDir()
@@ -68,7 +75,11 @@ func newFixture(t *testing.T, b machines.Booter) *fixture {
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	srv, err := New(Options{Port: port, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	opts := Options{Port: port, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	if setOpts != nil {
+		setOpts(&opts)
+	}
+	srv, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,4 +295,90 @@ func TestRemoteFilesAndSSRF(t *testing.T) {
 // base64Ref is a well-formed token payload for src, for forging tokens.
 func base64Ref(src string) string {
 	return base64.RawURLEncoding.EncodeToString(encodeRef(fileRef{Src: src}))
+}
+
+// TestTransferEvents checks what the status page is told about file
+// transfers: a start and a done for every file, with the machine, sizes and
+// status; progress only while a transfer still has bytes to send.
+func TestTransferEvents(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinuz")
+	initrd := filepath.Join(dir, "initrd.gz")
+	kdata := make([]byte, 3<<20+17)
+	rand.Read(kdata)
+	os.WriteFile(kernel, kdata, 0o644)
+	os.WriteFile(initrd, []byte("small initrd"), 0o644)
+	var mu sync.Mutex
+	var events []Event
+	done := make(chan Event, 16)
+	f := newFixtureWith(t, machines.Static{T: machines.Target{Kind: machines.KindKernel, Name: "demo", Kernel: kernel, Initrds: []string{initrd}}},
+		func(o *Options) {
+			o.OnEvent = func(e Event) {
+				if e.Stage == StageScript {
+					return
+				}
+				mu.Lock()
+				events = append(events, e)
+				mu.Unlock()
+				if e.Phase == "done" {
+					done <- e
+				}
+			}
+		})
+	mac := net.HardwareAddr{0x52, 0x54, 0, 1, 2, 3}
+	_, body := get(t, f.srv.ScriptURL(netip.MustParseAddr("127.0.0.1"), machines.Identity{MAC: mac, Arch: firmware.EFIX64}))
+	urls := map[string]string{}
+	for _, u := range urlRE.FindAllString(string(body), -1) {
+		urls[u[strings.LastIndexByte(u, '/')+1:]] = u
+	}
+	fetch := func(name string, hdr ...string) []Event {
+		t.Helper()
+		mu.Lock()
+		events = nil
+		mu.Unlock()
+		get(t, urls[name], hdr...)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no done event", name)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]Event(nil), events...)
+	}
+	phases := func(evs []Event) string {
+		var p []string
+		for _, e := range evs {
+			p = append(p, e.Phase)
+		}
+		return strings.Join(p, ",")
+	}
+
+	evs := fetch("initrd.gz")
+	if got := phases(evs); got != "start,done" {
+		t.Fatalf("small file: phases %s, want start,done", got)
+	}
+	last := evs[len(evs)-1]
+	if last.MAC != mac.String() || last.Stage != StageInitrd || last.Size != 12 || last.Bytes != 12 || last.Status != 200 || last.Err != "" || !last.IP.IsLoopback() {
+		t.Errorf("small file done event %+v", last)
+	}
+
+	evs = fetch("vmlinuz")
+	if got := phases(evs); got != "start,progress,done" {
+		t.Fatalf("3 MiB file: phases %s, want start,progress,done (one report per 250 ms)", got)
+	}
+	if p := evs[1]; p.Bytes != chunk || p.Size != int64(len(kdata)) || p.Stage != StageKernel {
+		t.Errorf("progress event %+v, want %d of %d bytes", p, chunk, len(kdata))
+	}
+	if d := evs[2]; d.Bytes != int64(len(kdata)) || d.Status != 200 {
+		t.Errorf("3 MiB file done event %+v", d)
+	}
+
+	evs = fetch("vmlinuz", "Range", "bytes=100-109")
+	if evs[0].Phase != "start" || evs[len(evs)-1].Phase != "done" {
+		t.Fatalf("range: phases %s", phases(evs))
+	}
+	if d := evs[len(evs)-1]; d.Bytes != 10 || d.Status != http.StatusPartialContent {
+		t.Errorf("range done event %+v, want 10 bytes, 206", d)
+	}
 }
