@@ -293,8 +293,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case quietRoute(tw.route):
 		lvl = slog.LevelDebug
 	}
-	s.log.LogAttrs(r.Context(), lvl, "http", slog.String("method", r.Method), slog.String("path", logPath(r.URL)), slog.Int("status", code),
-		slog.Int64("bytes", tw.bytes), slog.Duration("duration", time.Since(start).Round(time.Microsecond)), slog.String("remote", r.RemoteAddr), slog.String("route", tw.route))
+	// The record is made here rather than by Logger.Log, which walks the
+	// stack for a source line the access log does not show.
+	if h := s.log.Handler(); h.Enabled(r.Context(), lvl) {
+		rec := slog.NewRecord(time.Now(), lvl, "http", 0)
+		rec.AddAttrs(slog.String("method", r.Method), slog.String("path", logPath(r.URL)), slog.Int("status", code),
+			slog.Int64("bytes", tw.bytes), slog.Duration("duration", time.Since(start).Round(time.Microsecond)),
+			slog.String("remote", r.RemoteAddr), slog.String("route", tw.route))
+		_ = h.Handle(r.Context(), rec)
+	}
 }
 
 // reserveStack grows the request goroutine's stack to 16 KB in one step.
