@@ -543,7 +543,7 @@ func fileTimes(t *testing.T, e *env, all []server, md *strings.Builder) {
 	fmt.Fprintf(md, "### TFTP and HTTP from the router namespace\n\nMedian of %d runs (%d rounds with the servers taking turns, %d runs each after one warm-up); "+
 		"MB/s = 10^6 bytes per second of the median run. ", *flagFileRounds**flagFileRuns, *flagFileRounds, *flagFileRuns)
 	md.WriteString("pixiecore serves only its own iPXE builds over TFTP (its UEFI build is its ipxe.efi, ~1 MB; bootserve and dnsmasq serve Debian's snponly.efi, 174 KB): the iPXE rows compare throughput, not time.\n\n")
-	md.WriteString("| file | client | server | bytes | median s | MB/s | min–max s |\n|---|---|---|---|---|---|---|\n")
+	md.WriteString("| file | client | server | bytes | median ms | MB/s | min–max ms |\n|---|---|---|---|---|---|---|\n")
 	sort.SliceStable(rows, func(i, j int) bool {
 		if rows[i].file != rows[j].file {
 			return fileOrder(rows[i].file) < fileOrder(rows[j].file)
@@ -557,8 +557,9 @@ func fileTimes(t *testing.T, e *env, all []server, md *strings.Builder) {
 			xs[i] = m.seconds
 		}
 		med := median(xs)
-		fmt.Fprintf(md, "| %s | %s | %s | %d | %.4f | %.1f | %.4f–%.4f |\n", r.file, r.client, r.server, ms[0].bytes, med,
-			float64(ms[0].bytes)/med/1e6, slices.Min(xs), slices.Max(xs))
+		// Milliseconds with two decimals: the 1 MB HTTP rows differ by tenths.
+		fmt.Fprintf(md, "| %s | %s | %s | %d | %.2f | %.1f | %.2f–%.2f |\n", r.file, r.client, r.server, ms[0].bytes, med*1e3,
+			float64(ms[0].bytes)/med/1e6, slices.Min(xs)*1e3, slices.Max(xs)*1e3)
 	}
 	md.WriteString("\n")
 }
