@@ -1,0 +1,183 @@
+package sidebyside
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bootserve/bootserve/e2e/netlab"
+)
+
+var (
+	flagHTTPRounds = flag.Int("http-rounds", 40, "TestHTTPInterleaved: rounds; each server serves one block per round")
+	flagHTTPBlock  = flag.Int("http-block", 10, "TestHTTPInterleaved: requests per block")
+	flagHTTPReport = flag.String("http-report", "", "TestHTTPInterleaved: write the Markdown table to this file")
+)
+
+// TestHTTPInterleaved compares the servers' HTTP for one small file, the
+// 1.0 MB initrd, where a per-request cost shows (the side-by-side file runs
+// restart the servers round by round, too coarse for a tenth of a
+// millisecond). All servers run at once, bootserve in the lab's server
+// namespace and pixiecore and a bare Go static file server (bench/statichttp)
+// in the second one; curl in the router namespace fetches the file from each
+// in turn, -http-block requests at a time, for -http-rounds rounds, so that
+// load drifting on the machine spreads over all of them. Besides the time
+// curl reports, it reads each server process's CPU time (schedstat of all its
+// threads) before and after its block.
+//
+//	sudo BOOTSERVE_BENCH=1 go test -run TestHTTPInterleaved -v -timeout 20m ./bench/sidebyside -args -http-report /tmp/http.md
+func TestHTTPInterleaved(t *testing.T) {
+	requireBench(t)
+	bin := t.TempDir()
+	goBuild(t, "../../cmd/bootserve", filepath.Join(bin, "bootserve"))
+	goBuild(t, "../pixiecore", filepath.Join(bin, "pixiecore"))
+	goBuild(t, "../statichttp", filepath.Join(bin, "statichttp"))
+	assets := netlab.Assets(t)
+	files := filesDir(t, assets)
+	lab := netlab.New(t, netlab.Options{SecondServer: true})
+	ctx := context.Background()
+
+	type target struct {
+		name string
+		proc *netlab.Proc
+		url  string
+		wall []float64 // seconds
+		cpu  []float64 // seconds per request, one per block
+	}
+	bs := lab.Start(t, lab.ServerCmd(ctx, filepath.Join(bin, "bootserve"), "boot", assets.Kernel, assets.Initrd,
+		"--cmdline", netlab.BaseCmdline, "--interface", lab.ServerIface()))
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := bs.WaitLog(wctx, netlab.Text("bootserve ready")); err != nil {
+		t.Fatalf("bootserve did not start: %v\n%s", err, bs.Tail(30))
+	}
+	s2 := lab.Server2()
+	pxc := lab.Start(t, s2.Command(ctx, filepath.Join(bin, "pixiecore"), "boot", assets.Kernel, assets.Initrd, "--cmdline", netlab.BaseCmdline))
+	static := lab.Start(t, s2.Command(ctx, filepath.Join(bin, "statichttp"), s2.IP.String()+":8080", files))
+
+	client := lab.Router().HTTPClient()
+	initrdURL := func(script string, re *regexp.Regexp) string {
+		t.Helper()
+		var body string
+		for range 50 { // the servers may still be starting
+			resp, err := client.Get(script)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					body = string(b)
+					break
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		m := re.FindStringSubmatch(body)
+		if m == nil {
+			t.Fatalf("no initrd URL in the script from %s:\n%s", script, body)
+		}
+		return m[1]
+	}
+	mac := "52:54:00:00:00:01"
+	targets := []*target{
+		{name: "static Go server", proc: static, url: "http://" + s2.IP.String() + ":8080/initrd.gz"},
+		{name: "pixiecore", proc: pxc, url: initrdURL("http://"+s2.IP.String()+"/_/ipxe?arch=0&mac="+mac, regexp.MustCompile(`(?m)^initrd\s+(?:--name \S+\s+)?(\S+)`))},
+		{name: "bootserve", proc: bs, url: initrdURL("http://"+lab.ServerIP().String()+"/ipxe?arch=efi-x64&mac="+mac, regexp.MustCompile(`(?m)^initrd\s+(?:--name \S+\s+)?(\S+)`))},
+	}
+	for _, tg := range targets {
+		resp, err := client.Get(tg.url)
+		if err != nil {
+			t.Fatalf("%s: %v", tg.name, err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if st, err := os.Stat(assets.Initrd); err != nil || resp.StatusCode != http.StatusOK || n != st.Size() {
+			t.Fatalf("%s: %s gave %d, %d bytes (want the %s initrd)", tg.name, tg.url, resp.StatusCode, n, assets.Initrd)
+		}
+	}
+
+	waitQuiet(t)
+	for round := range *flagHTTPRounds {
+		for _, tg := range targets {
+			pid := tg.proc.Cmd.Process.Pid
+			c0 := procCPU(t, pid)
+			for range *flagHTTPBlock {
+				out, err := lab.Router().Command(ctx, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", tg.url).Output()
+				code, secs, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+				s, perr := strconv.ParseFloat(secs, 64)
+				if err != nil || code != "200" || perr != nil {
+					t.Fatalf("round %d, %s: curl %q: %v", round, tg.name, out, err)
+				}
+				tg.wall = append(tg.wall, s)
+			}
+			tg.cpu = append(tg.cpu, (procCPU(t, pid)-c0).Seconds()/float64(*flagHTTPBlock))
+		}
+	}
+
+	var md strings.Builder
+	fmt.Fprintf(&md, "Run %s on %s; load average at start of report: %s\n\n", time.Now().Format("2006-01-02 15:04 MST"), hostName(), loadAvg())
+	fmt.Fprintf(&md, "1.0 MB initrd over HTTP, %d requests per server (%d rounds of %d, servers taking turns), curl from the router namespace.\n\n",
+		*flagHTTPRounds**flagHTTPBlock, *flagHTTPRounds, *flagHTTPBlock)
+	md.WriteString("| server | median ms | mean ms | × static Go server | server CPU ms per request (mean of blocks) |\n|---|---|---|---|---|\n")
+	ref := median(targets[0].wall)
+	for _, tg := range targets {
+		var sum float64
+		for _, w := range tg.wall {
+			sum += w
+		}
+		fmt.Fprintf(&md, "| %s | %.3f | %.3f | %.3f | %.3f |\n", tg.name, median(tg.wall)*1e3, sum/float64(len(tg.wall))*1e3,
+			median(tg.wall)/ref, mean(tg.cpu)*1e3)
+	}
+	t.Log("\n" + md.String())
+	if *flagHTTPReport != "" {
+		if err := os.WriteFile(*flagHTTPReport, []byte(md.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// procCPU is the CPU time all of a process's threads have used so far
+// (the first field of /proc/PID/task/TID/schedstat, in nanoseconds).
+func procCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("no threads for process %d: %v", pid, err)
+	}
+	var total time.Duration
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // a thread that just ended
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			continue
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %q: %v", p, b, err)
+		}
+		total += time.Duration(ns)
+	}
+	return total
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
