@@ -32,7 +32,8 @@ var (
 // in turn, -http-block requests at a time, for -http-rounds rounds, so that
 // load drifting on the machine spreads over all of them. Besides the time
 // curl reports, it reads each server process's CPU time (schedstat of all its
-// threads) before and after its block.
+// threads) before and after its block. With -bootserve-exp, that binary
+// also runs, in a second lab (it needs the same ports), as "bootserve-exp".
 //
 //	sudo BOOTSERVE_BENCH=1 go test -run TestHTTPInterleaved -v -timeout 20m ./bench/sidebyside -args -http-report /tmp/http.md
 func TestHTTPInterleaved(t *testing.T) {
@@ -48,25 +49,30 @@ func TestHTTPInterleaved(t *testing.T) {
 
 	type target struct {
 		name string
+		lab  *netlab.Lab
 		proc *netlab.Proc
 		url  string
 		wall []float64 // seconds
 		cpu  []float64 // seconds per request, one per block
 	}
-	bs := lab.Start(t, lab.ServerCmd(ctx, filepath.Join(bin, "bootserve"), "boot", assets.Kernel, assets.Initrd,
-		"--cmdline", netlab.BaseCmdline, "--interface", lab.ServerIface()))
-	wctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if err := bs.WaitLog(wctx, netlab.Text("bootserve ready")); err != nil {
-		t.Fatalf("bootserve did not start: %v\n%s", err, bs.Tail(30))
+	startBS := func(lab *netlab.Lab, exe string) *netlab.Proc {
+		p := lab.Start(t, lab.ServerCmd(ctx, exe, "boot", assets.Kernel, assets.Initrd,
+			"--cmdline", netlab.BaseCmdline, "--interface", lab.ServerIface()))
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		if err := p.WaitLog(wctx, netlab.Text("bootserve ready")); err != nil {
+			t.Fatalf("%s did not start: %v\n%s", exe, err, p.Tail(30))
+		}
+		return p
 	}
+	bs := startBS(lab, filepath.Join(bin, "bootserve"))
 	s2 := lab.Server2()
 	pxc := lab.Start(t, s2.Command(ctx, filepath.Join(bin, "pixiecore"), "boot", assets.Kernel, assets.Initrd, "--cmdline", netlab.BaseCmdline))
 	static := lab.Start(t, s2.Command(ctx, filepath.Join(bin, "statichttp"), s2.IP.String()+":8080", files))
 
-	client := lab.Router().HTTPClient()
-	initrdURL := func(script string, re *regexp.Regexp) string {
+	initrdURL := func(lab *netlab.Lab, script string, re *regexp.Regexp) string {
 		t.Helper()
+		client := lab.Router().HTTPClient()
 		var body string
 		for range 50 { // the servers may still be starting
 			resp, err := client.Get(script)
@@ -87,13 +93,22 @@ func TestHTTPInterleaved(t *testing.T) {
 		return m[1]
 	}
 	mac := "52:54:00:00:00:01"
+	initrdLine := regexp.MustCompile(`(?m)^initrd\s+(?:--name \S+\s+)?(\S+)`)
+	bsScript := func(lab *netlab.Lab) string {
+		return "http://" + lab.ServerIP().String() + "/ipxe?arch=efi-x64&mac=" + mac
+	}
 	targets := []*target{
-		{name: "static Go server", proc: static, url: "http://" + s2.IP.String() + ":8080/initrd.gz"},
-		{name: "pixiecore", proc: pxc, url: initrdURL("http://"+s2.IP.String()+"/_/ipxe?arch=0&mac="+mac, regexp.MustCompile(`(?m)^initrd\s+(?:--name \S+\s+)?(\S+)`))},
-		{name: "bootserve", proc: bs, url: initrdURL("http://"+lab.ServerIP().String()+"/ipxe?arch=efi-x64&mac="+mac, regexp.MustCompile(`(?m)^initrd\s+(?:--name \S+\s+)?(\S+)`))},
+		{name: "static Go server", lab: lab, proc: static, url: "http://" + s2.IP.String() + ":8080/initrd.gz"},
+		{name: "pixiecore", lab: lab, proc: pxc, url: initrdURL(lab, "http://"+s2.IP.String()+"/_/ipxe?arch=0&mac="+mac, initrdLine)},
+		{name: "bootserve", lab: lab, proc: bs, url: initrdURL(lab, bsScript(lab), initrdLine)},
+	}
+	if *flagExp != "" {
+		lab2 := netlab.New(t, netlab.Options{})
+		exp := startBS(lab2, *flagExp)
+		targets = append(targets, &target{name: "bootserve-exp", lab: lab2, proc: exp, url: initrdURL(lab2, bsScript(lab2), initrdLine)})
 	}
 	for _, tg := range targets {
-		resp, err := client.Get(tg.url)
+		resp, err := tg.lab.Router().HTTPClient().Get(tg.url)
 		if err != nil {
 			t.Fatalf("%s: %v", tg.name, err)
 		}
@@ -110,7 +125,7 @@ func TestHTTPInterleaved(t *testing.T) {
 			pid := tg.proc.Cmd.Process.Pid
 			c0 := procCPU(t, pid)
 			for range *flagHTTPBlock {
-				out, err := lab.Router().Command(ctx, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", tg.url).Output()
+				out, err := tg.lab.Router().Command(ctx, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", tg.url).Output()
 				code, secs, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
 				s, perr := strconv.ParseFloat(secs, 64)
 				if err != nil || code != "200" || perr != nil {
