@@ -270,10 +270,11 @@ func openNix(log *slog.Logger, n configs.Nix, reg prometheus.Registerer) (*httpb
 
 // serve runs the ProxyDHCP, TFTP and HTTP servers until ctx ends.
 func serve(ctx context.Context, s settings, stderr io.Writer) error {
-	log, err := newLogger(stderr, s.LogFormat, s.LogLevel)
+	log, logOut, err := newBatchedLogger(stderr, s.LogFormat, s.LogLevel)
 	if err != nil {
 		return err
 	}
+	defer logOut.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	st := status.New(status.Options{Metrics: status.NewMetrics(reg), Logger: log.With("part", "status")})
@@ -402,6 +403,7 @@ func serve(ctx context.Context, s settings, stderr io.Writer) error {
 		dhcpMode = configs.DHCPModeServer
 	}
 	log.Info("bootserve ready", "interface", sv.dp.InterfaceName(), "address", sv.dp.Address, "http", hln.Addr().String(), "dhcp", dhcpMode)
+	logOut.Flush() // scripts and tests wait for this line
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sv.dp.Serve(gctx) })
