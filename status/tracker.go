@@ -217,6 +217,10 @@ type Tracker struct {
 	leaseHist map[netip.Addr]*leaseHist
 	wake      *time.Timer // the next lease expiry
 	wakeAt0   time.Time
+	// settleTimer fires at settleNext (zero: not armed), the earliest
+	// machine.settleDue (see armSettle).
+	settleTimer *time.Timer
+	settleNext  time.Time
 
 	cacheMu      sync.Mutex
 	cacheVer     uint64
@@ -252,8 +256,7 @@ type machine struct {
 	reached  [6]time.Time // by rank-1
 	xfer     *transfer
 
-	settle    *time.Timer
-	settleGen uint64
+	settleDue time.Time // when the wait for another image ends; zero: none
 	settleAt  time.Time // end of the transfer that may be the last
 	observed  bool      // the boot duration was reported
 }
@@ -530,7 +533,7 @@ func (m *machine) merge(o *machine) {
 	if o.lastSeen.After(m.lastSeen) {
 		m.lastSeen = o.lastSeen
 	}
-	if o.settle != nil {
+	if !o.settleDue.IsZero() {
 		// Rare (an IP-only row has no kernel), but keep the pending boot.
 		o.cancelSettle()
 	}
@@ -587,13 +590,9 @@ func (m *machine) setErr(msg string, at time.Time) {
 	m.err, m.errAt = msg, at
 }
 
-func (m *machine) cancelSettle() {
-	m.settleGen++
-	if m.settle != nil {
-		m.settle.Stop()
-		m.settle = nil
-	}
-}
+// cancelSettle ends m's wait; the shared timer, if it fires for nothing,
+// just re-arms for the next machine.
+func (m *machine) cancelSettle() { m.settleDue = time.Time{} }
 
 // TFTP records a TFTP transfer's start or end (tftpd.Config.OnTransfer).
 // Every file fetched over TFTP is taken for a boot program.
@@ -788,42 +787,86 @@ func statusText(code int, err string) string {
 
 // armSettle starts the wait after which m counts as booted, unless another
 // image request comes first.
+//
+// All machines share one timer, armed for the earliest wait. A timer per
+// transfer would be simpler, but each new earliest timer wakes the Go
+// runtime's network poller (an eventfd write and a thread wake-up); with
+// one timer, a machine fetching file after file moves its own deadline
+// without touching the timer, which fires at most once per Settle and finds
+// the new deadline (docs/benchmarks.md measured the per-request cost).
 func (t *Tracker) armSettle(m *machine, at time.Time) {
-	m.cancelSettle()
-	gen, key := m.settleGen, m.key
 	m.settleAt = at
-	m.settle = time.AfterFunc(t.opts.Settle, func() { t.settled(key, gen) })
+	m.settleDue = time.Now().Add(t.opts.Settle)
+	if t.settleNext.IsZero() || m.settleDue.Before(t.settleNext) {
+		t.armSettleTimer(m.settleDue)
+	}
 }
 
-func (t *Tracker) settled(key string, gen uint64) {
+// armSettleTimer makes the settle timer fire at due; t.mu is held.
+func (t *Tracker) armSettleTimer(due time.Time) {
+	t.settleNext = due
+	if t.settleTimer == nil {
+		t.settleTimer = time.AfterFunc(time.Until(due), t.settleTick)
+		return
+	}
+	t.settleTimer.Reset(time.Until(due))
+}
+
+// settleTick calls booted every machine whose wait has ended, and arms the
+// timer for the next one.
+func (t *Tracker) settleTick() {
 	t.mu.Lock()
-	m := t.machines[key]
-	if m == nil || m.settleGen != gen {
+	now := time.Now()
+	var next time.Time
+	var boots []Boot
+	settled := 0
+	for _, m := range t.machines {
+		switch {
+		case m.settleDue.IsZero():
+		case !m.settleDue.After(now):
+			settled++
+			if b, report := t.settledLocked(m); report {
+				boots = append(boots, b)
+			}
+		case next.IsZero() || m.settleDue.Before(next):
+			next = m.settleDue
+		}
+	}
+	t.settleNext = time.Time{}
+	if !next.IsZero() {
+		t.armSettleTimer(next)
+	}
+	if settled == 0 {
 		t.mu.Unlock()
 		return
 	}
-	m.settle = nil
+	t.unlockChanged()
+	for _, b := range boots {
+		if t.opts.Metrics != nil {
+			t.opts.Metrics.BootDuration.Observe(b.Duration.Seconds())
+		}
+		if t.opts.OnBooted != nil {
+			t.opts.OnBooted(b)
+		}
+		t.log.Info("machine booted", "mac", b.MAC, "ip", addrString(b.IP), "target", b.Target, "duration", b.Duration.Round(time.Millisecond))
+	}
+}
+
+// settledLocked records that m booted; report says whether the boot is
+// reported (metrics, OnBooted, the log) once t.mu is released.
+func (t *Tracker) settledLocked(m *machine) (b Boot, report bool) {
+	m.settleDue = time.Time{}
 	m.reach(StageBooted, m.settleAt)
 	d := m.settleAt.Sub(m.start)
-	report := m.fromDHCP && !m.observed
+	report = m.fromDHCP && !m.observed
 	m.observed = true
-	b := Boot{MAC: m.mac, IP: m.ip, Target: m.target, Start: m.start, Booted: m.settleAt, Duration: d}
+	b = Boot{MAC: m.mac, IP: m.ip, Target: m.target, Start: m.start, Booted: m.settleAt, Duration: d}
 	msg := "booted"
 	if m.fromDHCP {
 		msg = fmt.Sprintf("booted %s after its first DHCP packet", secs(d))
 	}
 	t.events.add(Entry{Time: m.settleAt, Source: "boot", Level: "info", MAC: m.mac, IP: addrString(m.ip), Message: msg})
-	t.unlockChanged()
-	if !report {
-		return
-	}
-	if t.opts.Metrics != nil {
-		t.opts.Metrics.BootDuration.Observe(d.Seconds())
-	}
-	if t.opts.OnBooted != nil {
-		t.opts.OnBooted(b)
-	}
-	t.log.Info("machine booted", "mac", b.MAC, "ip", addrString(b.IP), "target", b.Target, "duration", d.Round(time.Millisecond))
+	return b, report
 }
 
 // Snapshot returns the current state, newest boots first.

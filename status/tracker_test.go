@@ -547,3 +547,59 @@ func TestSentText(t *testing.T) {
 		}
 	}
 }
+
+// TestSettleSharedTimer: machines waiting to settle share one timer. A
+// machine that fetches file after file moves only its own deadline (the
+// timer stays armed for the first one), and every machine is still called
+// booted once its own wait ends, a cancelled wait never.
+func TestSettleSharedTimer(t *testing.T) {
+	settle := 300 * time.Millisecond
+	tr := New(Options{Settle: settle})
+	base := time.Now()
+	a := newBoot(t, tr, "52:54:00:00:00:21", "10.0.0.21", base)
+	a.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
+	a.script(1)
+	a.file(httpboot.StageKernel, "vmlinuz", a.mac.String(), 2, 1, 5_000_000)
+	tr.mu.Lock()
+	first := tr.settleNext
+	tr.mu.Unlock()
+	if first.IsZero() {
+		t.Fatal("a complete kernel should arm the settle timer")
+	}
+	for i := range 20 { // initrd after initrd, as a benchmark's client does
+		a.file(httpboot.StageInitrd, "initrd", a.mac.String(), 3+float64(i), 0.5, 1_000_000)
+	}
+	tr.mu.Lock()
+	again, due := tr.settleNext, tr.machines[a.mac.String()].settleDue
+	tr.mu.Unlock()
+	if !again.Equal(first) || !due.After(first) {
+		t.Fatalf("later files should move the machine's deadline (%v), not the timer (%v → %v)", due, first, again)
+	}
+
+	// Another machine settles; a third one's wait is cancelled by a retry.
+	b := newBoot(t, tr, "52:54:00:00:00:22", "10.0.0.22", base)
+	b.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
+	b.script(1)
+	b.file(httpboot.StageKernel, "vmlinuz", b.mac.String(), 2, 1, 5_000_000)
+	c := newBoot(t, tr, "52:54:00:00:00:23", "10.0.0.23", base)
+	c.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
+	c.script(1)
+	c.file(httpboot.StageKernel, "vmlinuz", c.mac.String(), 2, 1, 5_000_000)
+	c.script(4) // iPXE fetched its script again: the kernel failed
+
+	if m := waitStage(t, tr, a.mac.String(), StageBooted); m.BootSeconds != 22.5 {
+		t.Fatalf("machine a: booted after %v s, want 22.5 (end of its last initrd)", m.BootSeconds)
+	}
+	if m := waitStage(t, tr, b.mac.String(), StageBooted); m.BootSeconds != 3 {
+		t.Fatalf("machine b: booted after %v s, want 3", m.BootSeconds)
+	}
+	time.Sleep(2 * settle)
+	if m := rowOf(t, tr, c.mac.String()); m.Stage != StageScript {
+		t.Fatalf("machine c retried: stage %q, want script", m.Stage)
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if !tr.settleNext.IsZero() {
+		t.Fatalf("nothing waits, but the timer is armed for %v", tr.settleNext)
+	}
+}
