@@ -84,7 +84,7 @@ func (t *Tracker) serveJSON(w http.ResponseWriter, r *http.Request) {
 // channel of its version, so they come back for the newer state.
 func (t *Tracker) current(maxAge time.Duration) (js []byte, ver uint64, changed <-chan struct{}) {
 	t.mu.Lock()
-	ver, changed = t.version, t.changed
+	ver = t.version
 	t.cacheMu.Lock()
 	if t.cacheJS != nil && (t.cacheVer == ver || time.Since(t.cacheAt) < maxAge) {
 		js, ver, changed = t.cacheJS, t.cacheVer, t.cacheChanged
@@ -96,7 +96,7 @@ func (t *Tracker) current(maxAge time.Duration) (js []byte, ver uint64, changed 
 	t.mu.Unlock()
 	recs := t.leaseRecords()
 	t.mu.Lock()
-	ver, changed = t.version, t.changed
+	ver, changed = t.version, t.changedLocked()
 	s := t.snapshotLocked(recs)
 	t.mu.Unlock()
 	s.Now = time.Time{}

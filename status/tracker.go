@@ -303,7 +303,6 @@ func New(opts Options) *Tracker {
 		log:       log,
 		page:      parsePage(),
 		sse:       make(chan struct{}, opts.MaxSSEClients),
-		changed:   make(chan struct{}),
 		machines:  map[string]*machine{},
 		byIP:      map[netip.Addr]string{},
 		leaseHist: map[netip.Addr]*leaseHist{},
@@ -329,9 +328,20 @@ func (t *Tracker) Error(source, message string) {
 // unlockChanged publishes a change to the waiting streams and unlocks.
 func (t *Tracker) unlockChanged() {
 	t.version++
-	close(t.changed)
-	t.changed = make(chan struct{})
+	if t.changed != nil {
+		close(t.changed)
+		t.changed = nil
+	}
 	t.mu.Unlock()
+}
+
+// changedLocked returns the channel closed at the next change. It is made
+// only when a stream asks: most changes have nobody watching.
+func (t *Tracker) changedLocked() <-chan struct{} {
+	if t.changed == nil {
+		t.changed = make(chan struct{})
+	}
+	return t.changed
 }
 
 func eventTime(ts time.Time) time.Time {
@@ -421,6 +431,34 @@ func (t *Tracker) DHCP(ev dhcpproxy.Event) {
 		m.setErr(e.Message, now)
 	}
 	t.events.add(e)
+}
+
+// canonicalMAC returns mac in net.HardwareAddr's form (lower-case hex,
+// colons), without parsing when it is already in that form, as httpboot's
+// are; "" stays "". ok is false for a malformed address.
+func canonicalMAC(mac string) (string, bool) {
+	if mac == "" {
+		return "", true
+	}
+	if len(mac) == 17 {
+		canonical := true
+		for i := 0; i < len(mac) && canonical; i++ {
+			c := mac[i]
+			if i%3 == 2 {
+				canonical = c == ':'
+			} else {
+				canonical = '0' <= c && c <= '9' || 'a' <= c && c <= 'f'
+			}
+		}
+		if canonical {
+			return mac, true
+		}
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return "", false
+	}
+	return hw.String(), true
 }
 
 func setIf(dst *string, v string) {
@@ -661,13 +699,9 @@ func (t *Tracker) TFTP(tr tftpd.Transfer) {
 func (t *Tracker) HTTP(ev httpboot.Event) {
 	at := eventTime(ev.Time)
 	ip := ev.IP.Unmap()
-	var mac string
-	if ev.MAC != "" {
-		hw, err := net.ParseMAC(ev.MAC)
-		if err != nil {
-			return
-		}
-		mac = hw.String()
+	mac, ok := canonicalMAC(ev.MAC)
+	if !ok {
+		return
 	}
 	if mac == "" && !ip.IsValid() {
 		return
@@ -741,10 +775,16 @@ func (t *Tracker) httpTransfer(m *machine, ev httpboot.Event, at time.Time, e En
 		}
 	case "done":
 		if !same {
-			// A done without its start (the start came before the tracker
-			// existed, or another transfer started meanwhile).
-			x = &transfer{proto: "http", stage: stage, name: ev.Name, size: ev.Size, start: at}
-			m.reach(stage, at)
+			// A done without its start: httpboot reports a short transfer
+			// once, with its start time; otherwise the start came before
+			// the tracker existed, or another transfer started meanwhile.
+			start := at
+			if !ev.Start.IsZero() && ev.Start.Before(at) {
+				start = ev.Start
+			}
+			m.cancelSettle()
+			x = &transfer{proto: "http", stage: stage, name: ev.Name, size: ev.Size, start: start}
+			m.reach(stage, start)
 		}
 		x.bytes, x.updated, x.done = ev.Bytes, at, true
 		if ev.Size > 0 {

@@ -603,3 +603,50 @@ func TestSettleSharedTimer(t *testing.T) {
 		t.Fatalf("nothing waits, but the timer is armed for %v", tr.settleNext)
 	}
 }
+
+func TestCanonicalMAC(t *testing.T) {
+	for _, in := range []string{"52:54:00:ab:cd:01", "52:54:00:AB:cd:01", "52-54-00-ab-cd-01", "5254.00ab.cd01", "02:00:00:00:00:00:00:01"} {
+		hw, err := net.ParseMAC(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := canonicalMAC(in); !ok || got != hw.String() {
+			t.Errorf("canonicalMAC(%q) = %q, %v; want %q", in, got, ok, hw.String())
+		}
+	}
+	for _, in := range []string{"52:54:00:ab:cd:0g", "52:54:00:ab:cd", "52:54:00:ab:cd:01:", "52;54:00:ab:cd:01"} {
+		if got, ok := canonicalMAC(in); ok {
+			t.Errorf("canonicalMAC(%q) = %q, want an error", in, got)
+		}
+	}
+	if got, ok := canonicalMAC(""); !ok || got != "" {
+		t.Errorf("canonicalMAC(\"\") = %q, %v", got, ok)
+	}
+}
+
+// TestTrackerShortTransfer: httpboot reports a transfer of one chunk with a
+// single done event that carries its start; the row and the events list
+// read as if start and done had both come.
+func TestTrackerShortTransfer(t *testing.T) {
+	tr := New(Options{Settle: 100 * time.Millisecond})
+	b := newBoot(t, tr, "52:54:00:00:00:31", "10.0.0.31", time.Now())
+	mac := b.mac.String()
+	b.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
+	b.script(1)
+	b.file(httpboot.StageKernel, "vmlinuz", mac, 2, 1, 5_000_000)
+	tr.HTTP(httpboot.Event{Time: b.at(3.5), Start: b.at(3), Stage: httpboot.StageInitrd, Phase: "done", MAC: mac, IP: b.ip,
+		Name: "initrd", Size: 1_000_000, Bytes: 1_000_000, Status: 200})
+	m := waitStage(t, tr, mac, StageBooted)
+	if m.BootSeconds != 3.5 || stagesOf(m) != "offered@0 script@1 kernel@2 initrd@3 booted@3.5" {
+		t.Fatalf("booted after %v s, stages %s", m.BootSeconds, stagesOf(m))
+	}
+	var msgs []string
+	for _, e := range tr.Snapshot().Events {
+		if e.MAC == mac && strings.Contains(e.Message, "initrd") {
+			msgs = append(msgs, e.Message)
+		}
+	}
+	if len(msgs) != 1 || !strings.Contains(msgs[0], "in 0.50s") {
+		t.Fatalf("initrd events %q, want one, with its 0.5 s", msgs)
+	}
+}
