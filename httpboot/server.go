@@ -74,6 +74,9 @@ type Event struct {
 	Size   int64 // total, when known
 	Status int
 	Err    string
+	// Start is set on a "done" event that had no "start" event: when the
+	// transfer began.
+	Start time.Time
 }
 
 // Metrics counts requests and bytes by route.
@@ -524,15 +527,22 @@ func (s *Server) takeSlot(w http.ResponseWriter, r *http.Request) bool {
 
 func (s *Server) freeSlot() { <-s.slots }
 
-// serveTracked serves a body and reports start, progress and end.
+// serveTracked serves a body and reports start, progress and end. A body
+// sent in one piece (one chunk) is reported once, when done, with its start
+// time: its start event would be followed at once by the done event, and
+// each event is an update of the status page's state.
 func (s *Server) serveTracked(w http.ResponseWriter, r *http.Request, b body, ev Event, etag string, mod time.Time) {
 	if !s.takeSlot(w, r) {
 		return
 	}
 	defer s.freeSlot()
 	ev.Size = b.Size()
-	ev.Phase = "start"
-	s.emit(ev)
+	start := time.Now()
+	oneChunk := ev.Size <= chunk
+	if !oneChunk {
+		ev.Phase = "start"
+		s.emit(ev)
+	}
 	if tw, ok := w.(*trackingWriter); ok && s.opts.OnEvent != nil {
 		tw.progress = func(sent int64) {
 			if sent >= ev.Size {
@@ -545,6 +555,9 @@ func (s *Server) serveTracked(w http.ResponseWriter, r *http.Request, b body, ev
 	}
 	err := serveBody(w, r, b, "application/octet-stream", etag, mod)
 	ev.Phase = "done"
+	if oneChunk {
+		ev.Start = start
+	}
 	if tw, ok := w.(*trackingWriter); ok {
 		ev.Bytes, ev.Status = tw.bytes, tw.status
 	}

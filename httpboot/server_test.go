@@ -298,7 +298,8 @@ func base64Ref(src string) string {
 }
 
 // TestTransferEvents checks what the status page is told about file
-// transfers: a start and a done for every file, with the machine, sizes and
+// transfers: a start and a done for every file larger than a chunk, one done
+// event with the start time for a smaller one, with the machine, sizes and
 // status; progress only while a transfer still has bytes to send.
 func TestTransferEvents(t *testing.T) {
 	dir := t.TempDir()
@@ -354,13 +355,17 @@ func TestTransferEvents(t *testing.T) {
 		return strings.Join(p, ",")
 	}
 
+	before := time.Now()
 	evs := fetch("initrd.gz")
-	if got := phases(evs); got != "start,done" {
-		t.Fatalf("small file: phases %s, want start,done", got)
+	if got := phases(evs); got != "done" {
+		t.Fatalf("small file: phases %s, want done", got)
 	}
 	last := evs[len(evs)-1]
 	if last.MAC != mac.String() || last.Stage != StageInitrd || last.Size != 12 || last.Bytes != 12 || last.Status != 200 || last.Err != "" || !last.IP.IsLoopback() {
 		t.Errorf("small file done event %+v", last)
+	}
+	if last.Start.Before(before) || last.Start.After(time.Now()) {
+		t.Errorf("small file done event: start %v, want the time of the request (after %v)", last.Start, before)
 	}
 
 	evs = fetch("vmlinuz")
@@ -370,8 +375,8 @@ func TestTransferEvents(t *testing.T) {
 	if p := evs[1]; p.Bytes != chunk || p.Size != int64(len(kdata)) || p.Stage != StageKernel {
 		t.Errorf("progress event %+v, want %d of %d bytes", p, chunk, len(kdata))
 	}
-	if d := evs[2]; d.Bytes != int64(len(kdata)) || d.Status != 200 {
-		t.Errorf("3 MiB file done event %+v", d)
+	if d := evs[2]; d.Bytes != int64(len(kdata)) || d.Status != 200 || !d.Start.IsZero() {
+		t.Errorf("3 MiB file done event %+v (its start came in a start event)", d)
 	}
 
 	evs = fetch("vmlinuz", "Range", "bytes=100-109")
