@@ -5,10 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,8 +34,10 @@ var (
 // in turn, -http-block requests at a time, for -http-rounds rounds, so that
 // load drifting on the machine spreads over all of them. Besides the time
 // curl reports, it reads each server process's CPU time (schedstat of all its
-// threads) before and after its block. With -bootserve-exp, that binary
-// also runs, in a second lab (it needs the same ports), as "bootserve-exp".
+// threads) before and after its block. A second static server runs in
+// bootserve's namespace, as a control: it differs from the first only in
+// where it runs. With -bootserve-exp, that binary also runs, in a second lab
+// (it needs the same ports), as "bootserve-exp".
 //
 //	sudo BOOTSERVE_BENCH=1 go test -run TestHTTPInterleaved -v -timeout 20m ./bench/sidebyside -args -http-report /tmp/http.md
 func TestHTTPInterleaved(t *testing.T) {
@@ -69,6 +73,10 @@ func TestHTTPInterleaved(t *testing.T) {
 	s2 := lab.Server2()
 	pxc := lab.Start(t, s2.Command(ctx, filepath.Join(bin, "pixiecore"), "boot", assets.Kernel, assets.Initrd, "--cmdline", netlab.BaseCmdline))
 	static := lab.Start(t, s2.Command(ctx, filepath.Join(bin, "statichttp"), s2.IP.String()+":8080", files))
+	// The same static server beside bootserve: the control row. Its
+	// difference from the first is what the namespace alone makes.
+	srvIP := lab.ServerIP().String()
+	static1 := lab.Start(t, lab.ServerCmd(ctx, filepath.Join(bin, "statichttp"), srvIP+":8080", files))
 
 	initrdURL := func(lab *netlab.Lab, script string, re *regexp.Regexp) string {
 		t.Helper()
@@ -101,6 +109,7 @@ func TestHTTPInterleaved(t *testing.T) {
 		{name: "static Go server", lab: lab, proc: static, url: "http://" + s2.IP.String() + ":8080/initrd.gz"},
 		{name: "pixiecore", lab: lab, proc: pxc, url: initrdURL(lab, "http://"+s2.IP.String()+"/_/ipxe?arch=0&mac="+mac, initrdLine)},
 		{name: "bootserve", lab: lab, proc: bs, url: initrdURL(lab, bsScript(lab), initrdLine)},
+		{name: "static Go server beside bootserve (control)", lab: lab, proc: static1, url: "http://" + srvIP + ":8080/initrd.gz"},
 	}
 	if *flagExp != "" {
 		lab2 := netlab.New(t, netlab.Options{})
@@ -141,15 +150,17 @@ func TestHTTPInterleaved(t *testing.T) {
 	fmt.Fprintf(&md, "Run %s on %s; load average at start of report: %s\n\n", time.Now().Format("2006-01-02 15:04 MST"), hostName(), loadAvg())
 	fmt.Fprintf(&md, "1.0 MB initrd over HTTP, %d requests per server (%d rounds of %d, servers taking turns), curl from the router namespace.\n\n",
 		*flagHTTPRounds**flagHTTPBlock, *flagHTTPRounds, *flagHTTPBlock)
-	md.WriteString("| server | median ms | mean ms | × static Go server | server CPU ms per request (mean of blocks) |\n|---|---|---|---|---|\n")
+	md.WriteString("The 95 % interval of each ratio comes from resampling whole rounds (2000 bootstrap draws), so drift on the machine that hits every server in a round cancels out.\n\n")
+	md.WriteString("| server | median ms | mean ms | × static Go server | 95 % interval | server CPU ms per request (mean of blocks) |\n|---|---|---|---|---|---|\n")
 	ref := median(targets[0].wall)
 	for _, tg := range targets {
 		var sum float64
 		for _, w := range tg.wall {
 			sum += w
 		}
-		fmt.Fprintf(&md, "| %s | %.3f | %.3f | %.3f | %.3f |\n", tg.name, median(tg.wall)*1e3, sum/float64(len(tg.wall))*1e3,
-			median(tg.wall)/ref, mean(tg.cpu)*1e3)
+		lo, hi := ratioInterval(tg.wall, targets[0].wall, *flagHTTPBlock, 2000)
+		fmt.Fprintf(&md, "| %s | %.3f | %.3f | %.3f | %.3f–%.3f | %.3f |\n", tg.name, median(tg.wall)*1e3, sum/float64(len(tg.wall))*1e3,
+			median(tg.wall)/ref, lo, hi, mean(tg.cpu)*1e3)
 	}
 	t.Log("\n" + md.String())
 	if *flagHTTPReport != "" {
@@ -157,6 +168,30 @@ func TestHTTPInterleaved(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// ratioInterval is a 95 % bootstrap interval of median(a)/median(b), where a
+// and b hold blocks of block samples taken in the same rounds: each draw
+// picks rounds with replacement and takes both servers' blocks of each.
+func ratioInterval(a, b []float64, block, draws int) (lo, hi float64) {
+	rounds := min(len(a), len(b)) / block
+	if rounds == 0 {
+		return 0, 0
+	}
+	rng := rand.New(rand.NewPCG(1, 2)) // fixed: the same data gives the same interval
+	ratios := make([]float64, draws)
+	ra, rb := make([]float64, 0, rounds*block), make([]float64, 0, rounds*block)
+	for i := range ratios {
+		ra, rb = ra[:0], rb[:0]
+		for range rounds {
+			r := rng.IntN(rounds)
+			ra = append(ra, a[r*block:(r+1)*block]...)
+			rb = append(rb, b[r*block:(r+1)*block]...)
+		}
+		ratios[i] = median(ra) / median(rb)
+	}
+	sort.Float64s(ratios)
+	return ratios[draws*25/1000], ratios[draws*975/1000]
 }
 
 // procCPU is the CPU time all of a process's threads have used so far
@@ -195,4 +230,25 @@ func mean(xs []float64) float64 {
 		s += x
 	}
 	return s / float64(len(xs))
+}
+
+// TestRatioInterval checks the bootstrap interval on made-up rounds: it
+// holds the true ratio, and it is narrow when the rounds agree.
+func TestRatioInterval(t *testing.T) {
+	var a, b []float64
+	for r := range 40 {
+		drift := 1 + 0.2*float64(r%5) // the machine gets slower and faster
+		for i := range 10 {
+			jitter := 1 + 0.01*float64((r*7+i*3)%11-5)
+			b = append(b, drift*jitter)
+			a = append(a, 1.05*drift*jitter)
+		}
+	}
+	lo, hi := ratioInterval(a, b, 10, 2000)
+	if lo > 1.05 || hi < 1.05 || hi-lo > 0.05 {
+		t.Fatalf("interval %.4f–%.4f, want a narrow one around 1.05", lo, hi)
+	}
+	if lo, hi := ratioInterval(a[:5], b[:5], 10, 100); lo != 0 || hi != 0 {
+		t.Fatalf("no whole round: %v–%v, want 0–0", lo, hi)
+	}
 }
