@@ -94,6 +94,16 @@ func (b *boot) file(stage httpboot.Stage, name, mac string, sec, dur float64, si
 	b.tr.HTTP(ev)
 }
 
+// toKernel runs a boot up to a complete kernel: DHCP at 0 s, the script at
+// 1 s, a 5 MB kernel from 2 to 3 s.
+func toKernel(t testing.TB, tr *Tracker, mac, ip string, base time.Time) *boot {
+	b := newBoot(t, tr, mac, ip, base)
+	b.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
+	b.script(1)
+	b.file(httpboot.StageKernel, "vmlinuz", b.mac.String(), 2, 1, 5_000_000)
+	return b
+}
+
 func rowOf(t testing.TB, tr *Tracker, key string) Machine {
 	t.Helper()
 	for _, m := range tr.Snapshot().Machines {
@@ -250,10 +260,7 @@ func TestTrackerBootedDefinition(t *testing.T) {
 	base := time.Now()
 
 	// No initrd: booted when the kernel was sent in full.
-	k := newBoot(t, tr, "52:54:00:00:00:10", "10.0.0.10", base)
-	k.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
-	k.script(1)
-	k.file(httpboot.StageKernel, "vmlinuz", k.mac.String(), 2, 1, 5_000_000)
+	k := toKernel(t, tr, "52:54:00:00:00:10", "10.0.0.10", base)
 	if m := waitStage(t, tr, k.mac.String(), StageBooted); m.BootSeconds != 3 {
 		t.Fatalf("kernel-only boot: %v s, want 3", m.BootSeconds)
 	}
@@ -556,10 +563,7 @@ func TestSettleSharedTimer(t *testing.T) {
 	settle := 300 * time.Millisecond
 	tr := New(Options{Settle: settle})
 	base := time.Now()
-	a := newBoot(t, tr, "52:54:00:00:00:21", "10.0.0.21", base)
-	a.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
-	a.script(1)
-	a.file(httpboot.StageKernel, "vmlinuz", a.mac.String(), 2, 1, 5_000_000)
+	a := toKernel(t, tr, "52:54:00:00:00:21", "10.0.0.21", base)
 	tr.mu.Lock()
 	first := tr.settleNext
 	tr.mu.Unlock()
@@ -577,14 +581,8 @@ func TestSettleSharedTimer(t *testing.T) {
 	}
 
 	// Another machine settles; a third one's wait is cancelled by a retry.
-	b := newBoot(t, tr, "52:54:00:00:00:22", "10.0.0.22", base)
-	b.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
-	b.script(1)
-	b.file(httpboot.StageKernel, "vmlinuz", b.mac.String(), 2, 1, 5_000_000)
-	c := newBoot(t, tr, "52:54:00:00:00:23", "10.0.0.23", base)
-	c.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
-	c.script(1)
-	c.file(httpboot.StageKernel, "vmlinuz", c.mac.String(), 2, 1, 5_000_000)
+	b := toKernel(t, tr, "52:54:00:00:00:22", "10.0.0.22", base)
+	c := toKernel(t, tr, "52:54:00:00:00:23", "10.0.0.23", base)
 	c.script(4) // iPXE fetched its script again: the kernel failed
 
 	if m := waitStage(t, tr, a.mac.String(), StageBooted); m.BootSeconds != 22.5 {
@@ -629,11 +627,8 @@ func TestCanonicalMAC(t *testing.T) {
 // read as if start and done had both come.
 func TestTrackerShortTransfer(t *testing.T) {
 	tr := New(Options{Settle: 100 * time.Millisecond})
-	b := newBoot(t, tr, "52:54:00:00:00:31", "10.0.0.31", time.Now())
+	b := toKernel(t, tr, "52:54:00:00:00:31", "10.0.0.31", time.Now())
 	mac := b.mac.String()
-	b.dhcp(0, "discover", "iPXE", false, dhcpproxy.Answered)
-	b.script(1)
-	b.file(httpboot.StageKernel, "vmlinuz", mac, 2, 1, 5_000_000)
 	tr.HTTP(httpboot.Event{Time: b.at(3.5), Start: b.at(3), Stage: httpboot.StageInitrd, Phase: "done", MAC: mac, IP: b.ip,
 		Name: "initrd", Size: 1_000_000, Bytes: 1_000_000, Status: 200})
 	m := waitStage(t, tr, mac, StageBooted)
