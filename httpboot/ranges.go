@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -98,8 +99,26 @@ func serveBody(w http.ResponseWriter, r *http.Request, b body, contentType, etag
 	if r.Method == http.MethodHead || n == 0 {
 		return nil
 	}
+	if c, ok := r.Context().Value(connKey{}).(*net.TCPConn); ok && n >= corkMin {
+		// The header goes out at once, on its own; the body is corked
+		// (nginx's tcp_nopush), so sendfile fills whole segments and
+		// the tail leaves when the cork is pulled. Corking the header
+		// too delayed the first byte; see docs/benchmarks.md.
+		if err := http.NewResponseController(w).Flush(); err != nil {
+			return err
+		}
+		setCork(c, true)
+		defer setCork(c, false)
+	}
 	return b.WriteRange(w, off, n)
 }
+
+// corkMin is the smallest body worth the two setsockopt calls of corking.
+const corkMin = 64 << 10
+
+// connKey keys the request's connection in its context (Server.Serve's
+// ConnContext), for corking.
+type connKey struct{}
 
 // fileBody serves one open file. Writes go through io.Copy from an
 // io.LimitedReader over the *os.File, the shape net.TCPConn turns into

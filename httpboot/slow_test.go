@@ -23,21 +23,27 @@ import (
 // transfer bound.
 func slowFixture(t *testing.T, maxTransfers int) (srv *Server, base string, kdata []byte) {
 	t.Helper()
-	dir := t.TempDir()
-	k := filepath.Join(dir, "vmlinuz")
-	kdata = make([]byte, 4<<20)
-	rand.Read(kdata)
-	os.WriteFile(k, kdata, 0o644)
-	fw, _ := firmware.Load(firmware.Config{SearchDir: dir})
-	srv, err := New(Options{IdleTimeout: time.Second, ReadHeaderTimeout: time.Second, MaxTransfers: maxTransfers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.SetPolicy(&Policy{Booter: machines.Static{T: machines.Target{Kind: machines.KindKernel, Name: "k", Kernel: k}}, Firmware: fw})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return kernelFixture(t, Options{IdleTimeout: time.Second, ReadHeaderTimeout: time.Second, MaxTransfers: maxTransfers}, ln, 4<<20)
+}
+
+// kernelFixture serves a random kernel of size bytes on ln with opts.
+func kernelFixture(t *testing.T, opts Options, ln net.Listener, size int) (srv *Server, base string, kdata []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	k := filepath.Join(dir, "vmlinuz")
+	kdata = make([]byte, size)
+	rand.Read(kdata)
+	os.WriteFile(k, kdata, 0o644)
+	fw, _ := firmware.Load(firmware.Config{SearchDir: dir})
+	srv, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.SetPolicy(&Policy{Booter: machines.Static{T: machines.Target{Kind: machines.KindKernel, Name: "k", Kernel: k}}, Firmware: fw})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
