@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,15 +30,17 @@ var (
 // 1.0 MB initrd, where a per-request cost shows (the side-by-side file runs
 // restart the servers round by round, too coarse for a tenth of a
 // millisecond). All servers run at once, bootserve in the lab's server
-// namespace and pixiecore and a bare Go static file server (bench/statichttp)
-// in the second one; curl in the router namespace fetches the file from each
-// in turn, -http-block requests at a time, for -http-rounds rounds, so that
-// load drifting on the machine spreads over all of them. Besides the time
-// curl reports, it reads each server process's CPU time (schedstat of all its
-// threads) before and after its block. A second static server runs in
-// bootserve's namespace, as a control: it differs from the first only in
-// where it runs. With -bootserve-exp, that binary also runs, in a second lab
-// (it needs the same ports), as "bootserve-exp".
+// namespace and pixiecore, a bare Go static file server (bench/statichttp)
+// and nginx (Debian's settings, serving the same directory; left out with a
+// log line when not installed) in the second one; curl in the router
+// namespace fetches the file from each in turn, -http-block requests at a
+// time, for -http-rounds rounds, so that load drifting on the machine
+// spreads over all of them. Besides the time curl reports, it reads each
+// server process's CPU time (schedstat of all its threads) before and after
+// its block. A second static server runs in bootserve's namespace, as a
+// control: it differs from the first only in where it runs. With
+// -bootserve-exp, that binary also runs, in a second lab (it needs the same
+// ports), as "bootserve-exp".
 //
 //	sudo BOOTSERVE_BENCH=1 go test -run TestHTTPInterleaved -v -timeout 20m ./bench/sidebyside -args -http-report /tmp/http.md
 func TestHTTPInterleaved(t *testing.T) {
@@ -107,10 +110,16 @@ func TestHTTPInterleaved(t *testing.T) {
 	}
 	targets := []*target{
 		{name: "static Go server", lab: lab, proc: static, url: "http://" + s2.IP.String() + ":8080/initrd.gz"},
+	}
+	if haveNginx(t) {
+		ngx := startNginx(t, lab, s2, netip.AddrPortFrom(s2.IP, 8081), files)
+		targets = append(targets, &target{name: "nginx", lab: lab, proc: ngx, url: "http://" + s2.IP.String() + ":8081/initrd.gz"})
+	}
+	targets = append(targets, []*target{
 		{name: "pixiecore", lab: lab, proc: pxc, url: initrdURL(lab, "http://"+s2.IP.String()+"/_/ipxe?arch=0&mac="+mac, initrdLine)},
 		{name: "bootserve", lab: lab, proc: bs, url: initrdURL(lab, bsScript(lab), initrdLine)},
 		{name: "static Go server beside bootserve (control)", lab: lab, proc: static1, url: "http://" + srvIP + ":8080/initrd.gz"},
-	}
+	}...)
 	if *flagExp != "" {
 		lab2 := netlab.New(t, netlab.Options{})
 		exp := startBS(lab2, *flagExp)

@@ -1,7 +1,9 @@
 // Package sidebyside measures bootserve next to the servers it replaces, on
 // the same files in the same namespaced LAN: pixiecore (built from the
 // module pinned in bench/pixiecore) and dnsmasq (ProxyDHCP + TFTP) with a
-// static HTTP server. One run of TestSideBySide measures
+// static HTTP server, and nginx as the HTTP server a demanding user would
+// pair with dnsmasq (files only: the boots keep dnsmasq's Go static server).
+// One run of TestSideBySide measures
 //
 //   - time from QEMU start to the initrd's marker line, for SeaBIOS (iPXE
 //     ROM) and OVMF (EDK2 PXE) VMs, -rounds runs each, one VM at a time,
@@ -10,7 +12,9 @@
 //   - TFTP: the same 1 MiB file with tftp-hpa (512-byte blocks, no options)
 //     and curl (--tftp-blksize 1468), and the iPXE build each server hands
 //     to UEFI and BIOS PXE clients;
-//   - HTTP: the same initrd, kernel and a 100 MiB file with curl;
+//   - HTTP: the same initrd, kernel and a 100 MiB file with curl (nginx
+//     serves the directory dnsmasq's static server serves, from the same
+//     namespace and port);
 //
 // all from the lab's router namespace, medians of several runs. It prints
 // Markdown tables (and writes them with -report).
@@ -57,7 +61,7 @@ var (
 	flagRounds     = flag.Int("rounds", 3, "boots per server and firmware")
 	flagFileRuns   = flag.Int("file-runs", 5, "runs per TFTP and HTTP measurement and round")
 	flagFileRounds = flag.Int("file-rounds", 3, "rounds of TFTP and HTTP measurements, the servers taking turns")
-	flagServers    = flag.String("servers", "bootserve,pixiecore,dnsmasq", "servers to compare")
+	flagServers    = flag.String("servers", "bootserve,pixiecore,dnsmasq,nginx", "servers to compare (nginx: HTTP file rows only, no boots)")
 	flagFirmwares  = flag.String("firmwares", "bios,uefi", "firmwares to boot")
 	flagSkipBoots  = flag.Bool("skip-boots", false, "only measure TFTP and HTTP")
 	flagSkipFiles  = flag.Bool("skip-files", false, "only measure boots")
@@ -81,15 +85,22 @@ type running struct {
 	userClass string // what its iPXE build sends as user class
 	// tftp maps a label to the TFTP name of a file it serves.
 	tftp map[string]string
+	// http maps a label to the URL of a file it serves, for servers with
+	// no boot script to discover the URLs from (nil: discoverURLs).
+	http map[string]string
 }
 
 type server struct {
 	name string
-	// boot starts the server for VM boots: the e2e kernel and initrd.
+	// boot starts the server for VM boots: the e2e kernel and initrd (nil:
+	// an HTTP-only peer, in the file benchmarks alone).
 	boot func(e *env) *running
 	// files starts it for the file benchmarks: also test1m.bin over TFTP
 	// where it can, and big100.bin as a second initrd.
 	files func(e *env) *running
+	// available reports whether the server can run here (nil: always);
+	// one that cannot is left out with a log line.
+	available func(t *testing.T) bool
 }
 
 const (
@@ -106,6 +117,7 @@ func servers() []server {
 		{name: "bootserve", boot: startBootserve(false), files: startBootserve(true)},
 		{name: "pixiecore", boot: startPixiecore(false), files: startPixiecore(true)},
 		{name: "dnsmasq", boot: startDnsmasq(false), files: startDnsmasq(true)},
+		{name: "nginx", files: startNginxFiles, available: haveNginx},
 	}
 }
 
@@ -180,6 +192,16 @@ func startDnsmasq(files bool) func(e *env) *running {
 	}
 }
 
+// startNginxFiles serves the files directory with nginx where dnsmasq's
+// static server does (the server namespace, port 80).
+func startNginxFiles(e *env) *running {
+	p := startNginx(e.t, e.lab, e.lab.Server(), netip.AddrPortFrom(e.lab.ServerIP(), 80), e.files)
+	base := "http://" + e.lab.ServerIP().String()
+	return &running{stop: p.Stop, http: map[string]string{
+		fileInitrd: base + "/initrd.gz", fileKernel: base + "/vmlinuz", fileBig: base + "/big100.bin",
+	}}
+}
+
 func waitHTTP(t *testing.T, lab *netlab.Lab, url string) {
 	t.Helper()
 	c := lab.Server().HTTPClient()
@@ -225,7 +247,7 @@ func TestSideBySide(t *testing.T) {
 
 	var all []server
 	for _, s := range servers() {
-		if slices.Contains(strings.Split(*flagServers, ","), s.name) {
+		if slices.Contains(strings.Split(*flagServers, ","), s.name) && (s.available == nil || s.available(t)) {
 			all = append(all, s)
 		}
 	}
@@ -247,7 +269,13 @@ func TestSideBySide(t *testing.T) {
 	fmt.Fprintf(&md, "Run %s on %s (%d CPUs, QEMU TCG, no KVM); load average at start: %s\n\n",
 		time.Now().Format("2006-01-02 15:04 MST"), hostName(), runtime.NumCPU(), loadAvg())
 	if !*flagSkipBoots {
-		bootTimes(t, e, all, fws, &md)
+		var boots []server
+		for _, s := range all {
+			if s.boot != nil {
+				boots = append(boots, s)
+			}
+		}
+		bootTimes(t, e, boots, fws, &md)
 	}
 	if !*flagSkipFiles {
 		fileTimes(t, e, all, &md)
@@ -542,24 +570,37 @@ func fileTimes(t *testing.T, e *env, all []server, md *strings.Builder) {
 	}
 	fmt.Fprintf(md, "### TFTP and HTTP from the router namespace\n\nMedian of %d runs (%d rounds with the servers taking turns, %d runs each after one warm-up); "+
 		"MB/s = 10^6 bytes per second of the median run. ", *flagFileRounds**flagFileRuns, *flagFileRounds, *flagFileRuns)
-	md.WriteString("pixiecore serves only its own iPXE builds over TFTP (its UEFI build is its ipxe.efi, ~1 MB; bootserve and dnsmasq serve Debian's snponly.efi, 174 KB): the iPXE rows compare throughput, not time.\n\n")
-	md.WriteString("| file | client | server | bytes | median ms | MB/s | min–max ms |\n|---|---|---|---|---|---|---|\n")
+	md.WriteString("pixiecore serves only its own iPXE builds over TFTP (its UEFI build is its ipxe.efi, ~1 MB; bootserve and dnsmasq serve Debian's snponly.efi, 174 KB): the iPXE rows compare throughput, not time. ")
+	md.WriteString("\"× fastest\": the median's time per byte over the fastest server's, same file and client (1.00: the fastest).\n\n")
+	md.WriteString("| file | client | server | bytes | median ms | MB/s | × fastest | min–max ms |\n|---|---|---|---|---|---|---|---|\n")
 	sort.SliceStable(rows, func(i, j int) bool {
 		if rows[i].file != rows[j].file {
 			return fileOrder(rows[i].file) < fileOrder(rows[j].file)
 		}
 		return rows[i].client < rows[j].client
 	})
-	for _, r := range rows {
-		ms := results[r]
-		xs := make([]float64, len(ms))
-		for i, m := range ms {
+	secondsOfRow := func(r fileRow) []float64 {
+		xs := make([]float64, len(results[r]))
+		for i, m := range results[r] {
 			xs[i] = m.seconds
 		}
+		return xs
+	}
+	// The fastest median time per byte of each file and client.
+	type fileClient struct{ file, client string }
+	fastest := map[fileClient]float64{}
+	for _, r := range rows {
+		k, perByte := fileClient{r.file, r.client}, median(secondsOfRow(r))/float64(results[r][0].bytes)
+		if f, ok := fastest[k]; !ok || perByte < f {
+			fastest[k] = perByte
+		}
+	}
+	for _, r := range rows {
+		ms, xs := results[r], secondsOfRow(r)
 		med := median(xs)
 		// Milliseconds with two decimals: the 1 MB HTTP rows differ by tenths.
-		fmt.Fprintf(md, "| %s | %s | %s | %d | %.2f | %.1f | %.2f–%.2f |\n", r.file, r.client, r.server, ms[0].bytes, med*1e3,
-			float64(ms[0].bytes)/med/1e6, slices.Min(xs)*1e3, slices.Max(xs)*1e3)
+		fmt.Fprintf(md, "| %s | %s | %s | %d | %.2f | %.1f | %.2f | %.2f–%.2f |\n", r.file, r.client, r.server, ms[0].bytes, med*1e3,
+			float64(ms[0].bytes)/med/1e6, med/float64(ms[0].bytes)/fastest[fileClient{r.file, r.client}], slices.Min(xs)*1e3, slices.Max(xs)*1e3)
 	}
 	md.WriteString("\n")
 }
@@ -572,7 +613,10 @@ func fileRound(t *testing.T, e *env, s server, add func(fileRow, measure)) {
 	waitQuiet(t)
 	r := s.files(e)
 	defer r.stop()
-	urls := discoverURLs(t, e, r)
+	urls := r.http
+	if urls == nil {
+		urls = discoverURLs(t, e, r)
+	}
 	for _, label := range []string{fileTFTP1M, fileUEFIIPXE, fileBIOSIPXE} {
 		name, ok := r.tftp[label]
 		if !ok {
