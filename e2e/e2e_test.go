@@ -62,24 +62,7 @@ func startBootserve(t *testing.T, lab *netlab.Lab, args ...string) *netlab.Proc 
 	if err := p.WaitLog(ctx, netlab.Text("bootserve ready")); err != nil {
 		t.Fatalf("bootserve did not start: %v\n%s", err, p.Tail(30))
 	}
-	checkSysmonSetting(t, p.Cmd.Process.Pid)
 	return p
-}
-
-// checkSysmonSetting checks that the serving bootserve re-executed itself
-// with GODEBUG's schedtrace set (cmd/bootserve/sysmon.go says why).
-func checkSysmonSetting(t *testing.T, pid int) {
-	t.Helper()
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatalf("bootserve's environment: %v", err)
-	}
-	for _, kv := range strings.Split(string(env), "\x00") {
-		if strings.HasPrefix(kv, "GODEBUG=") && strings.Contains(kv, "schedtrace=") {
-			return
-		}
-	}
-	t.Errorf("bootserve (pid %d) runs without GODEBUG schedtrace: %q", pid, strings.ReplaceAll(string(env), "\x00", " "))
 }
 
 // checkProxyReplies reads a run's capture and checks every reply bootserve

@@ -58,7 +58,6 @@ Run "bootserve COMMAND --help" for a command's flags.
 `
 
 func main() {
-	execWithSysmonSetting(os.Args)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
