@@ -24,10 +24,12 @@ var (
 	flagHTTPRounds = flag.Int("http-rounds", 40, "TestHTTPInterleaved: rounds; each server serves one block per round")
 	flagHTTPBlock  = flag.Int("http-block", 10, "TestHTTPInterleaved: requests per block")
 	flagHTTPReport = flag.String("http-report", "", "TestHTTPInterleaved: write the Markdown table to this file")
+	flagHTTPFile   = flag.String("http-file", "initrd", "TestHTTPInterleaved: the file to fetch, initrd (1.0 MB) or kernel (8.2 MB)")
 )
 
-// TestHTTPInterleaved compares the servers' HTTP for one small file, the
-// 1.0 MB initrd, where a per-request cost shows (the side-by-side file runs
+// TestHTTPInterleaved compares the servers' HTTP for one file, the 1.0 MB
+// initrd by default (-http-file kernel: the 8.2 MB kernel), where a
+// per-request cost shows (the side-by-side file runs
 // restart the servers round by round, too coarse for a tenth of a
 // millisecond). All servers run at once, bootserve in the lab's server
 // namespace and pixiecore, a bare Go static file server (bench/statichttp)
@@ -81,7 +83,21 @@ func TestHTTPInterleaved(t *testing.T) {
 	srvIP := lab.ServerIP().String()
 	static1 := lab.Start(t, lab.ServerCmd(ctx, filepath.Join(bin, "statichttp"), srvIP+":8080", files))
 
-	initrdURL := func(lab *netlab.Lab, script string, re *regexp.Regexp) string {
+	// The file: the script's initrd or kernel line, the static servers'
+	// name for it, and the bytes a fetch must bring.
+	var fileLine *regexp.Regexp
+	var staticName, fileSrc, fileDesc string
+	switch *flagHTTPFile {
+	case "initrd":
+		fileLine = regexp.MustCompile(`(?m)^initrd\s+(?:--name \S+\s+)?(\S+)`)
+		staticName, fileSrc, fileDesc = "initrd.gz", assets.Initrd, "1.0 MB initrd"
+	case "kernel":
+		fileLine = regexp.MustCompile(`(?m)^kernel\s+(?:--name \S+\s+)?(\S+)`)
+		staticName, fileSrc, fileDesc = "vmlinuz", assets.Kernel, "8.2 MB kernel"
+	default:
+		t.Fatalf("-http-file %q: want initrd or kernel", *flagHTTPFile)
+	}
+	fileURL := func(lab *netlab.Lab, script string, re *regexp.Regexp) string {
 		t.Helper()
 		client := lab.Router().HTTPClient()
 		var body string
@@ -99,31 +115,30 @@ func TestHTTPInterleaved(t *testing.T) {
 		}
 		m := re.FindStringSubmatch(body)
 		if m == nil {
-			t.Fatalf("no initrd URL in the script from %s:\n%s", script, body)
+			t.Fatalf("no %s URL in the script from %s:\n%s", *flagHTTPFile, script, body)
 		}
 		return m[1]
 	}
 	mac := "52:54:00:00:00:01"
-	initrdLine := regexp.MustCompile(`(?m)^initrd\s+(?:--name \S+\s+)?(\S+)`)
 	bsScript := func(lab *netlab.Lab) string {
 		return "http://" + lab.ServerIP().String() + "/ipxe?arch=efi-x64&mac=" + mac
 	}
 	targets := []*target{
-		{name: "static Go server", lab: lab, proc: static, url: "http://" + s2.IP.String() + ":8080/initrd.gz"},
+		{name: "static Go server", lab: lab, proc: static, url: "http://" + s2.IP.String() + ":8080/" + staticName},
 	}
 	if haveNginx(t) {
 		ngx := startNginx(t, lab, s2, netip.AddrPortFrom(s2.IP, 8081), files)
-		targets = append(targets, &target{name: "nginx", lab: lab, proc: ngx, url: "http://" + s2.IP.String() + ":8081/initrd.gz"})
+		targets = append(targets, &target{name: "nginx", lab: lab, proc: ngx, url: "http://" + s2.IP.String() + ":8081/" + staticName})
 	}
 	targets = append(targets, []*target{
-		{name: "pixiecore", lab: lab, proc: pxc, url: initrdURL(lab, "http://"+s2.IP.String()+"/_/ipxe?arch=0&mac="+mac, initrdLine)},
-		{name: "bootserve", lab: lab, proc: bs, url: initrdURL(lab, bsScript(lab), initrdLine)},
-		{name: "static Go server beside bootserve (control)", lab: lab, proc: static1, url: "http://" + srvIP + ":8080/initrd.gz"},
+		{name: "pixiecore", lab: lab, proc: pxc, url: fileURL(lab, "http://"+s2.IP.String()+"/_/ipxe?arch=0&mac="+mac, fileLine)},
+		{name: "bootserve", lab: lab, proc: bs, url: fileURL(lab, bsScript(lab), fileLine)},
+		{name: "static Go server beside bootserve (control)", lab: lab, proc: static1, url: "http://" + srvIP + ":8080/" + staticName},
 	}...)
 	if *flagExp != "" {
 		lab2 := netlab.New(t, netlab.Options{})
 		exp := startBS(lab2, *flagExp)
-		targets = append(targets, &target{name: "bootserve-exp", lab: lab2, proc: exp, url: initrdURL(lab2, bsScript(lab2), initrdLine)})
+		targets = append(targets, &target{name: "bootserve-exp", lab: lab2, proc: exp, url: fileURL(lab2, bsScript(lab2), fileLine)})
 	}
 	for _, tg := range targets {
 		resp, err := tg.lab.Router().HTTPClient().Get(tg.url)
@@ -132,8 +147,8 @@ func TestHTTPInterleaved(t *testing.T) {
 		}
 		n, _ := io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if st, err := os.Stat(assets.Initrd); err != nil || resp.StatusCode != http.StatusOK || n != st.Size() {
-			t.Fatalf("%s: %s gave %d, %d bytes (want the %s initrd)", tg.name, tg.url, resp.StatusCode, n, assets.Initrd)
+		if st, err := os.Stat(fileSrc); err != nil || resp.StatusCode != http.StatusOK || n != st.Size() {
+			t.Fatalf("%s: %s gave %d, %d bytes (want all of %s)", tg.name, tg.url, resp.StatusCode, n, fileSrc)
 		}
 	}
 
@@ -157,8 +172,8 @@ func TestHTTPInterleaved(t *testing.T) {
 
 	var md strings.Builder
 	fmt.Fprintf(&md, "Run %s on %s; load average at start of report: %s\n\n", time.Now().Format("2006-01-02 15:04 MST"), hostName(), loadAvg())
-	fmt.Fprintf(&md, "1.0 MB initrd over HTTP, %d requests per server (%d rounds of %d, servers taking turns), curl from the router namespace.\n\n",
-		*flagHTTPRounds**flagHTTPBlock, *flagHTTPRounds, *flagHTTPBlock)
+	fmt.Fprintf(&md, "%s over HTTP, %d requests per server (%d rounds of %d, servers taking turns), curl from the router namespace.\n\n",
+		fileDesc, *flagHTTPRounds**flagHTTPBlock, *flagHTTPRounds, *flagHTTPBlock)
 	md.WriteString("The 95 % interval of each ratio comes from resampling whole rounds (2000 bootstrap draws), so drift on the machine that hits every server in a round cancels out.\n\n")
 	md.WriteString("| server | median ms | mean ms | × static Go server | 95 % interval | server CPU ms per request (mean of blocks) |\n|---|---|---|---|---|---|\n")
 	ref := median(targets[0].wall)
