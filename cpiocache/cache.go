@@ -521,12 +521,19 @@ func (c *Cache) ensure(name, storePath string) (*entry, error) {
 		e.pins++ // not evicted while being read
 		c.mu.Unlock()
 		err := c.verify(e)
-		c.mu.Lock()
 		if err == nil {
-			e.verified = true
+			// The first use since Open is recorded on disk here, before
+			// fly hands the entry to its waiters: fly's own touch comes
+			// after it has released them, so a caller could see the old
+			// mtime (a flaky TestLRUEviction showed it).
+			now := time.Now()
+			_ = os.Chtimes(filepath.Join(c.dir, name), now, now) // errors cost only LRU accuracy after a restart
+			c.mu.Lock()
+			e.verified, e.diskTime = true, now
 			c.mu.Unlock()
 			return e, nil
 		}
+		c.mu.Lock()
 		e.pins--
 		if errors.Is(err, ErrClosed) {
 			c.mu.Unlock()
