@@ -466,20 +466,26 @@ func (c *Cache) acquire(ctx context.Context, storePath string) (*entry, error) {
 func (c *Cache) fly(f *flight, name string) {
 	defer c.wg.Done()
 	e, err := c.ensure(name, f.storePath)
-	var touch time.Time
+	if err == nil {
+		// The use goes on disk before the waiters get the entry, so none
+		// of them sees the mtime from before it; ensure's pin keeps e
+		// meanwhile.
+		c.mu.Lock()
+		touch := c.touchLocked(e)
+		c.mu.Unlock()
+		if !touch.IsZero() {
+			_ = os.Chtimes(filepath.Join(c.dir, name), touch, touch)
+		}
+	}
 	c.mu.Lock()
 	if err == nil {
 		e.pins += f.waiters - 1 // ensure's own pin becomes the waiters'
-		touch = c.touchLocked(e)
 		c.evictLocked()
 	}
 	f.e, f.err = e, err
 	delete(c.flights, name)
 	close(f.done)
 	c.mu.Unlock()
-	if !touch.IsZero() {
-		_ = os.Chtimes(filepath.Join(c.dir, name), touch, touch)
-	}
 }
 
 // touchLocked marks e as just used and returns the time to record on disk,
@@ -521,19 +527,12 @@ func (c *Cache) ensure(name, storePath string) (*entry, error) {
 		e.pins++ // not evicted while being read
 		c.mu.Unlock()
 		err := c.verify(e)
+		c.mu.Lock()
 		if err == nil {
-			// The first use since Open is recorded on disk here, before
-			// fly hands the entry to its waiters: fly's own touch comes
-			// after it has released them, so a caller could see the old
-			// mtime (a flaky TestLRUEviction showed it).
-			now := time.Now()
-			_ = os.Chtimes(filepath.Join(c.dir, name), now, now) // errors cost only LRU accuracy after a restart
-			c.mu.Lock()
-			e.verified, e.diskTime = true, now
+			e.verified = true
 			c.mu.Unlock()
 			return e, nil
 		}
-		c.mu.Lock()
 		e.pins--
 		if errors.Is(err, ErrClosed) {
 			c.mu.Unlock()
